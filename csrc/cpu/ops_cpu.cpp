@@ -1,0 +1,143 @@
+// CPU kernels for the llmint8 operators: reference-quality loops over the torch-free core.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../core/llmint8_core.h"
+
+namespace llmint8 {
+namespace {
+
+// Rows per parallel task: enough work per task to amortize scheduling.
+constexpr int64_t kRowGrain = 16;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cpu(const at::Tensor& x,
+                                                                 double threshold,
+                                                                 int64_t capacity) {
+  check_float_input(x, "x");
+  check_threshold(threshold);
+  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+  const auto x2d = x.contiguous().view({leading_rows(x), x.size(-1)});
+  const int64_t rows = x2d.size(0), cols = x2d.size(1);
+
+  auto is_outlier = at::zeros({cols}, x.options().dtype(at::kByte));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "outlier_split", [&] {
+    mark_outlier_columns(x2d.const_data_ptr<scalar_t>(), rows, cols, static_cast<float>(threshold),
+                         is_outlier.mutable_data_ptr<uint8_t>());
+  });
+  auto outlier_cols = at::empty({capacity}, x.options().dtype(at::kInt));
+  const int32_t count = compact_outlier_columns(is_outlier.const_data_ptr<uint8_t>(), cols,
+                                                capacity, outlier_cols.mutable_data_ptr<int32_t>());
+  auto valid = outlier_cols.ge(0);
+  auto gathered = x2d.index_select(1, outlier_cols.clamp_min(0)) * valid.to(x.scalar_type());
+  auto x_outliers = gathered.view(with_last_dim(x, capacity));
+  return {outlier_cols, at::full({}, count, x.options().dtype(at::kInt)), x_outliers};
+}
+
+// Byte mask [K] of the columns named by outlier_cols (-1 entries ignored); empty if none given.
+at::Tensor excluded_columns_mask(const std::optional<at::Tensor>& outlier_cols, int64_t cols) {
+  if (!outlier_cols.has_value()) return at::Tensor();
+  auto mask = at::zeros({cols}, outlier_cols->options().dtype(at::kByte));
+  auto* mask_data = mask.mutable_data_ptr<uint8_t>();
+  const auto cols_contig = outlier_cols->contiguous();
+  const auto* indices = cols_contig.const_data_ptr<int32_t>();
+  for (int64_t slot = 0; slot < cols_contig.numel(); ++slot) {
+    const int32_t col = indices[slot];
+    TORCH_CHECK(col >= -1 && col < cols, "outlier_cols entries must be -1 (padding) or a column "
+                "index in [0, ", cols, "), got ", col);
+    if (col >= 0) mask_data[col] = 1;
+  }
+  return mask;
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x,
+                                                     const at::Tensor& excluded) {
+  const auto x2d = x.contiguous().view({leading_rows(x), x.size(-1)});
+  const int64_t rows = x2d.size(0), cols = x2d.size(1);
+  auto q = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  auto absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
+  const uint8_t* excluded_data = excluded.defined() ? excluded.const_data_ptr<uint8_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_rows", [&] {
+    const auto* x_data = x2d.const_data_ptr<scalar_t>();
+    auto* q_data = q.mutable_data_ptr<int8_t>();
+    auto* absmax_data = absmax.mutable_data_ptr<float>();
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        absmax_data[r] = quantize_row(x_data + r * cols, cols, excluded_data, q_data + r * cols);
+      }
+    });
+  });
+  return {q, absmax};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rowwise_cpu(
+    const at::Tensor& x, const std::optional<at::Tensor>& outlier_cols) {
+  check_float_input(x, "x");
+  check_outlier_cols(outlier_cols, x);
+  return quantize_rows_cpu(x, excluded_columns_mask(outlier_cols, x.size(-1)));
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_colwise_cpu(const at::Tensor& weight) {
+  check_float_input(weight, "weight");
+  TORCH_CHECK(weight.dim() == 2, "weight must be 2D [N, K], got ", weight.dim(), "D");
+  // Per output channel of W [N, K] is per row of W: the row quantizer with nothing excluded.
+  return quantize_rows_cpu(weight, at::Tensor());
+}
+
+at::Tensor int8_matmul_cpu(const at::Tensor& a, const at::Tensor& b) {
+  check_matmul_operands(a, b);
+  const auto a2d = a.contiguous().view({leading_rows(a), a.size(-1)});
+  const auto b_contig = b.contiguous();
+  const int64_t m = a2d.size(0), n = b.size(0), k = b.size(1);
+  auto c = at::empty(with_last_dim(a, n), a.options().dtype(at::kInt));
+  const auto* a_data = a2d.const_data_ptr<int8_t>();
+  const auto* b_data = b_contig.const_data_ptr<int8_t>();
+  auto* c_data = c.mutable_data_ptr<int32_t>();
+  at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) int8_matmul_row(a_data + r * k, b_data, n, k, c_data + r * n);
+  });
+  return c;
+}
+
+at::Tensor dequant_outer_cpu(const at::Tensor& acc, const at::Tensor& row_absmax,
+                             const at::Tensor& col_absmax, const std::optional<at::Tensor>& bias,
+                             at::ScalarType out_dtype) {
+  check_dequant_operands(acc, row_absmax, col_absmax, bias, out_dtype);
+  const int64_t rows = leading_rows(acc), n = acc.size(-1);
+  const auto acc_c = acc.contiguous();
+  const auto row_c = row_absmax.contiguous();
+  const auto col_c = col_absmax.contiguous();
+  const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  auto out = at::empty(acc.sizes(), acc.options().dtype(out_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequant_outer", [&] {
+    const auto* acc_data = acc_c.const_data_ptr<int32_t>();
+    const auto* row_data = row_c.const_data_ptr<float>();
+    const auto* col_data = col_c.const_data_ptr<float>();
+    const float* bias_data = bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr;
+    auto* out_data = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        for (int64_t c = 0; c < n; ++c) {
+          const float value = dequantize_value(acc_data[r * n + c], row_data[r], col_data[c],
+                                               bias_data ? bias_data[c] : 0.0f);
+          out_data[r * n + c] = static_cast<scalar_t>(value);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(llmint8, CPU, m) {
+  m.impl("outlier_split", &outlier_split_cpu);
+  m.impl("quantize_rowwise", &quantize_rowwise_cpu);
+  m.impl("quantize_colwise", &quantize_colwise_cpu);
+  m.impl("int8_matmul", &int8_matmul_cpu);
+  m.impl("dequant_outer", &dequant_outer_cpu);
+}
+
+}  // namespace llmint8

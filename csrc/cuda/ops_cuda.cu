@@ -1,0 +1,252 @@
+// CUDA kernels for the llmint8 operators (the int8 product itself lives in int8_matmul_cublaslt.cu).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include "../checks.h"
+#include "../core/llmint8_core.h"
+#include "int8_matmul_cublaslt.h"
+
+namespace llmint8 {
+namespace {
+
+constexpr int kThreads = 256;
+// Rows one block of mark_outlier_columns scans: long enough to amortize the launch, short
+// enough that large M still spreads over every SM.
+constexpr int kRowsPerOutlierBlock = 64;
+constexpr int kBitsPerWord = 32;
+// The exclusion bitmask lives in shared memory, whose default per-block limit is 48 KiB.
+constexpr size_t kMaxExclusionMaskBytes = 48 * 1024 - 1024;
+
+int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
+
+cudaStream_t current_stream(const at::Tensor& t) {
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+template <typename T>
+__global__ void mark_outlier_columns_kernel(const T* __restrict__ x, int64_t rows, int64_t cols,
+                                            float threshold, uint8_t* __restrict__ is_outlier) {
+  const int64_t col = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (col >= cols) return;
+  const int64_t first_row = blockIdx.y * int64_t(kRowsPerOutlierBlock);
+  const int64_t last_row = min(rows, first_row + kRowsPerOutlierBlock);
+  bool found = false;
+  for (int64_t r = first_row; r < last_row && !found; ++r) {
+    found = is_outlier_value(static_cast<float>(x[r * cols + col]), threshold);
+  }
+  // Every writer stores the same 1, so concurrent stores from other row blocks are benign.
+  if (found) is_outlier[col] = 1;
+}
+
+// One block: a running exclusive scan over the column flags, writing ascending indices.
+__global__ void compact_outlier_columns_kernel(const uint8_t* __restrict__ is_outlier,
+                                               int64_t cols, int64_t capacity,
+                                               int32_t* __restrict__ outlier_cols,
+                                               int32_t* __restrict__ count) {
+  using Scan = cub::BlockScan<int32_t, kThreads>;
+  __shared__ typename Scan::TempStorage scan_storage;
+  int32_t seen = 0;
+  for (int64_t base = 0; base < cols; base += kThreads) {
+    const int64_t col = base + threadIdx.x;
+    const int32_t flag = col < cols ? is_outlier[col] : 0;
+    int32_t slot, tile_total;
+    Scan(scan_storage).ExclusiveSum(flag, slot, tile_total);
+    slot += seen;
+    if (flag && slot < capacity) outlier_cols[slot] = static_cast<int32_t>(col);
+    seen += tile_total;
+    __syncthreads();  // scan_storage is reused by the next tile
+  }
+  for (int64_t slot = seen + threadIdx.x; slot < capacity; slot += kThreads) outlier_cols[slot] = -1;
+  if (threadIdx.x == 0) *count = seen;
+}
+
+template <typename T>
+__global__ void gather_outlier_columns_kernel(const T* __restrict__ x, int64_t rows, int64_t cols,
+                                              const int32_t* __restrict__ outlier_cols,
+                                              int64_t capacity, T* __restrict__ x_outliers) {
+  const int64_t total = rows * capacity;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / capacity;
+    const int32_t col = outlier_cols[i % capacity];
+    x_outliers[i] = col >= 0 ? x[row * cols + col] : static_cast<T>(0.0f);
+  }
+}
+
+// Grid-stride launches are capped so huge tensors reuse threads instead of making giant grids.
+int64_t grid_stride_blocks(int64_t work) {
+  return std::max<int64_t>(1, std::min<int64_t>(blocks_for(work, kThreads), 65535));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cuda(const at::Tensor& x,
+                                                                  double threshold,
+                                                                  int64_t capacity) {
+  check_float_input(x, "x");
+  check_threshold(threshold);
+  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto x_contig = x.contiguous();
+  const int64_t rows = leading_rows(x), cols = x.size(-1);
+  const auto stream = current_stream(x);
+
+  auto is_outlier = at::zeros({cols}, x.options().dtype(at::kByte));
+  auto outlier_cols = at::empty({capacity}, x.options().dtype(at::kInt));
+  auto count = at::empty({}, x.options().dtype(at::kInt));
+  auto x_outliers = at::empty(with_last_dim(x, capacity), x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "outlier_split", [&] {
+    if (rows > 0 && cols > 0) {
+      const dim3 grid(blocks_for(cols, kThreads), blocks_for(rows, kRowsPerOutlierBlock));
+      mark_outlier_columns_kernel<<<grid, kThreads, 0, stream>>>(
+          x_contig.const_data_ptr<scalar_t>(), rows, cols, static_cast<float>(threshold),
+          is_outlier.mutable_data_ptr<uint8_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    compact_outlier_columns_kernel<<<1, kThreads, 0, stream>>>(
+        is_outlier.const_data_ptr<uint8_t>(), cols, capacity,
+        outlier_cols.mutable_data_ptr<int32_t>(), count.mutable_data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (rows * capacity > 0) {
+      gather_outlier_columns_kernel<<<grid_stride_blocks(rows * capacity), kThreads, 0, stream>>>(
+          x_contig.const_data_ptr<scalar_t>(), rows, cols, outlier_cols.const_data_ptr<int32_t>(),
+          capacity, x_outliers.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {outlier_cols, count, x_outliers};
+}
+
+// One block per row: absmax over the columns not excluded, then quantize. Excluded columns
+// arrive as an index list (-1 padded; anything outside [0, cols) is ignored, since checking it
+// would need a host synchronization) and become a bitmask in shared memory.
+template <typename T>
+__global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t cols,
+                                     const int32_t* __restrict__ excluded_cols,
+                                     int64_t excluded_count, int8_t* __restrict__ q,
+                                     float* __restrict__ row_absmax) {
+  extern __shared__ uint32_t excluded_bits[];
+  using Reduce = cub::BlockReduce<float, kThreads>;
+  __shared__ typename Reduce::TempStorage reduce_storage;
+  __shared__ float step;
+
+  const int64_t words = excluded_cols ? blocks_for(cols, kBitsPerWord) : 0;
+  for (int64_t w = threadIdx.x; w < words; w += kThreads) excluded_bits[w] = 0;
+  __syncthreads();
+  for (int64_t slot = threadIdx.x; slot < excluded_count; slot += kThreads) {
+    const int32_t col = excluded_cols[slot];
+    if (col >= 0 && col < cols) atomicOr(&excluded_bits[col / kBitsPerWord], 1u << (col % kBitsPerWord));
+  }
+  __syncthreads();
+  auto excluded = [&](int64_t col) {
+    return words > 0 && (excluded_bits[col / kBitsPerWord] >> (col % kBitsPerWord)) & 1u;
+  };
+
+  const T* row = x + blockIdx.x * cols;
+  float absmax = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+    if (!excluded(c)) absmax = fmaxf(absmax, fabsf(static_cast<float>(row[c])));
+  }
+  absmax = Reduce(reduce_storage).Reduce(absmax, [](float a, float b) { return fmaxf(a, b); });
+  if (threadIdx.x == 0) {
+    row_absmax[blockIdx.x] = absmax;
+    step = inverse_step(absmax);
+  }
+  __syncthreads();
+  int8_t* q_row = q + blockIdx.x * cols;
+  for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
+    q_row[c] = excluded(c) ? int8_t{0} : quantize_value(static_cast<float>(row[c]), step);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x,
+                                                      const std::optional<at::Tensor>& outlier_cols) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto x_contig = x.contiguous();
+  const int64_t rows = leading_rows(x), cols = x.size(-1);
+  auto q = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  auto absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
+  if (rows == 0) return {q, absmax};
+  const auto cols_contig = outlier_cols.has_value() ? outlier_cols->contiguous() : at::Tensor();
+  const int32_t* excluded = cols_contig.defined() ? cols_contig.const_data_ptr<int32_t>() : nullptr;
+  const int64_t excluded_count = cols_contig.defined() ? cols_contig.numel() : 0;
+  const size_t shared_bytes = excluded ? blocks_for(cols, kBitsPerWord) * sizeof(uint32_t) : 0;
+  TORCH_CHECK(shared_bytes <= kMaxExclusionMaskBytes, "x's last dimension (", cols,
+              ") is too large for outlier_cols on CUDA: at most ", kMaxExclusionMaskBytes * 8,
+              " columns");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_rows", [&] {
+    quantize_rows_kernel<<<rows, kThreads, shared_bytes, current_stream(x)>>>(
+        x_contig.const_data_ptr<scalar_t>(), cols, excluded, excluded_count,
+        q.mutable_data_ptr<int8_t>(), absmax.mutable_data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {q, absmax};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_rowwise_cuda(
+    const at::Tensor& x, const std::optional<at::Tensor>& outlier_cols) {
+  check_float_input(x, "x");
+  check_outlier_cols(outlier_cols, x);
+  return quantize_rows_cuda(x, outlier_cols);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_colwise_cuda(const at::Tensor& weight) {
+  check_float_input(weight, "weight");
+  TORCH_CHECK(weight.dim() == 2, "weight must be 2D [N, K], got ", weight.dim(), "D");
+  // Per output channel of W [N, K] is per row of W: the row quantizer with nothing excluded.
+  return quantize_rows_cuda(weight, std::nullopt);
+}
+
+template <typename T>
+__global__ void dequant_outer_kernel(const int32_t* __restrict__ acc, int64_t rows, int64_t cols,
+                                     const float* __restrict__ row_absmax,
+                                     const float* __restrict__ col_absmax,
+                                     const float* __restrict__ bias, T* __restrict__ out) {
+  const int64_t total = rows * cols;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t col = i % cols;
+    const float value = dequantize_value(acc[i], row_absmax[i / cols], col_absmax[col],
+                                         bias ? bias[col] : 0.0f);
+    out[i] = static_cast<T>(value);
+  }
+}
+
+at::Tensor dequant_outer_cuda(const at::Tensor& acc, const at::Tensor& row_absmax,
+                              const at::Tensor& col_absmax, const std::optional<at::Tensor>& bias,
+                              at::ScalarType out_dtype) {
+  check_dequant_operands(acc, row_absmax, col_absmax, bias, out_dtype);
+  const c10::cuda::CUDAGuard guard(acc.device());
+  const int64_t rows = leading_rows(acc), cols = acc.size(-1);
+  auto out = at::empty(acc.sizes(), acc.options().dtype(out_dtype));
+  if (rows * cols == 0) return out;
+  const auto acc_c = acc.contiguous();
+  const auto row_c = row_absmax.contiguous();
+  const auto col_c = col_absmax.contiguous();
+  const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequant_outer", [&] {
+    dequant_outer_kernel<<<grid_stride_blocks(rows * cols), kThreads, 0, current_stream(acc)>>>(
+        acc_c.const_data_ptr<int32_t>(), rows, cols, row_c.const_data_ptr<float>(),
+        col_c.const_data_ptr<float>(), bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,
+        out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(llmint8, CUDA, m) {
+  m.impl("outlier_split", &outlier_split_cuda);
+  m.impl("quantize_rowwise", &quantize_rowwise_cuda);
+  m.impl("quantize_colwise", &quantize_colwise_cuda);
+  m.impl("int8_matmul", &int8_matmul_cuda);
+  m.impl("dequant_outer", &dequant_outer_cuda);
+}
+
+}  // namespace llmint8

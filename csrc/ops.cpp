@@ -1,0 +1,29 @@
+// Every llmint8 operator schema, declared once; each device registers its kernels in its own file.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing llmint8._C runs the static registrations below; the module itself holds nothing.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(llmint8, m) {
+  // Columns of x [*, K] holding any |value| >= threshold (threshold 0: none). Fixed-size outputs
+  // keep the forward free of host synchronization: outlier_cols int32 [capacity] (ascending, -1
+  // padded), count int32 [] (all such columns, may exceed capacity), x_outliers [*, capacity]
+  // (those columns of x, zero in padded slots).
+  m.def("outlier_split(Tensor x, float threshold, int capacity) -> (Tensor outlier_cols, Tensor count, Tensor x_outliers)");
+  // x [*, K] -> int8 [*, K] and fp32 absmax per row over the columns not in outlier_cols
+  // (which are written as 0).
+  m.def("quantize_rowwise(Tensor x, Tensor? outlier_cols=None) -> (Tensor q, Tensor row_absmax)");
+  // Weight W [N, K] -> int8 [N, K] and fp32 absmax per output channel [N].
+  m.def("quantize_colwise(Tensor weight) -> (Tensor q, Tensor col_absmax)");
+  // a int8 [*, K], b int8 [N, K] -> int32 [*, N] = a @ b^T, exact.
+  m.def("int8_matmul(Tensor a, Tensor b) -> Tensor");
+  // acc int32 [*, N] -> acc * (row_absmax ⊗ col_absmax) / 127^2 + bias, computed in fp32,
+  // returned in out_dtype (float16, bfloat16 or float32).
+  m.def("dequant_outer(Tensor acc, Tensor row_absmax, Tensor col_absmax, Tensor? bias, ScalarType out_dtype) -> Tensor");
+}
