@@ -26,13 +26,13 @@ def cublas_wheel_dirs() -> tuple[list[str], list[str]]:
 
 def extension():
     sources = ["csrc/ops.cpp", "csrc/checks.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx_flags = ["-O3", "-std=c++17", "-fdiagnostics-color=always"]
+    cxx_flags = ["-O3", "-fdiagnostics-color=always"]
     if not with_cuda():
         return cpp_extension.CppExtension(
             "llmint8._C", sources, extra_compile_args={"cxx": cxx_flags}, py_limited_api=False
         )
     includes, libs = cublas_wheel_dirs()
-    nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     # Link against whichever libcublasLt soname exists; torch has already loaded the same one.
     link_args = [f"-L{d}" for d in libs] + [f"-Wl,-rpath,{d}" for d in libs]
     versioned = [p for d in libs for p in glob.glob(f"{d}/libcublasLt.so.*")]

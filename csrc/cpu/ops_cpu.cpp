@@ -1,6 +1,6 @@
 // CPU kernels for the llmint8 operators: reference-quality loops over the torch-free core.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
+#include "../dispatch.h"
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cpu(const at::Tenso
   const int64_t rows = x2d.size(0), cols = x2d.size(1);
 
   auto is_outlier = at::zeros({cols}, x.options().dtype(at::kByte));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "outlier_split", [&] {
+  LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "outlier_split", [&] {
     mark_outlier_columns(x2d.const_data_ptr<scalar_t>(), rows, cols, static_cast<float>(threshold),
                          is_outlier.mutable_data_ptr<uint8_t>());
   });
@@ -59,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cpu(const at::Tensor& x,
   auto q = at::empty(x.sizes(), x.options().dtype(at::kChar));
   auto absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
   const uint8_t* excluded_data = excluded.defined() ? excluded.const_data_ptr<uint8_t>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_rows", [&] {
+  LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "quantize_rows", [&] {
     const auto* x_data = x2d.const_data_ptr<scalar_t>();
     auto* q_data = q.mutable_data_ptr<int8_t>();
     auto* absmax_data = absmax.mutable_data_ptr<float>();
@@ -111,7 +111,7 @@ at::Tensor dequant_outer_cpu(const at::Tensor& acc, const at::Tensor& row_absmax
   const auto col_c = col_absmax.contiguous();
   const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   auto out = at::empty(acc.sizes(), acc.options().dtype(out_dtype));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequant_outer", [&] {
+  LLMINT8_DISPATCH_FLOAT_TYPES(out_dtype, "dequant_outer", [&] {
     const auto* acc_data = acc_c.const_data_ptr<int32_t>();
     const auto* row_data = row_c.const_data_ptr<float>();
     const auto* col_data = col_c.const_data_ptr<float>();

@@ -1,6 +1,6 @@
 // CUDA kernels for the llmint8 operators (the int8 product itself lives in int8_matmul_cublaslt.cu).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
+#include "../dispatch.h"
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -24,7 +24,7 @@ constexpr int kBitsPerWord = 32;
 // The exclusion bitmask lives in shared memory, whose default per-block limit is 48 KiB.
 constexpr size_t kMaxExclusionMaskBytes = 48 * 1024 - 1024;
 
-int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
+LLMINT8_HOST_DEVICE int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
 
 cudaStream_t current_stream(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cuda(const at::Tens
   auto outlier_cols = at::empty({capacity}, x.options().dtype(at::kInt));
   auto count = at::empty({}, x.options().dtype(at::kInt));
   auto x_outliers = at::empty(with_last_dim(x, capacity), x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "outlier_split", [&] {
+  LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "outlier_split", [&] {
     if (rows > 0 && cols > 0) {
       const dim3 grid(blocks_for(cols, kThreads), blocks_for(rows, kRowsPerOutlierBlock));
       mark_outlier_columns_kernel<<<grid, kThreads, 0, stream>>>(
@@ -179,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x,
   TORCH_CHECK(shared_bytes <= kMaxExclusionMaskBytes, "x's last dimension (", cols,
               ") is too large for outlier_cols on CUDA: at most ", kMaxExclusionMaskBytes * 8,
               " columns");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "quantize_rows", [&] {
+  LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "quantize_rows", [&] {
     quantize_rows_kernel<<<rows, kThreads, shared_bytes, current_stream(x)>>>(
         x_contig.const_data_ptr<scalar_t>(), cols, excluded, excluded_count,
         q.mutable_data_ptr<int8_t>(), absmax.mutable_data_ptr<float>());
@@ -229,7 +229,7 @@ at::Tensor dequant_outer_cuda(const at::Tensor& acc, const at::Tensor& row_absma
   const auto row_c = row_absmax.contiguous();
   const auto col_c = col_absmax.contiguous();
   const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "dequant_outer", [&] {
+  LLMINT8_DISPATCH_FLOAT_TYPES(out_dtype, "dequant_outer", [&] {
     dequant_outer_kernel<<<grid_stride_blocks(rows * cols), kThreads, 0, current_stream(acc)>>>(
         acc_c.const_data_ptr<int32_t>(), rows, cols, row_c.const_data_ptr<float>(),
         col_c.const_data_ptr<float>(), bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,

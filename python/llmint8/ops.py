@@ -61,7 +61,14 @@ def dequant_outer(
     return _ops.dequant_outer(acc, row_absmax, col_absmax, bias, out_dtype)
 
 
-def int8_linear_reference(
+def dequantize_int8_weight(
+    weight_int8: torch.Tensor, weight_absmax: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """``weight_int8 * absmax / 127`` per output channel, computed in fp32 and returned in ``dtype``."""
+    return (weight_int8.float() * (weight_absmax / 127.0)[:, None]).to(dtype)
+
+
+def int8_linear(
     x: torch.Tensor,
     weight_int8: torch.Tensor,
     weight_absmax: torch.Tensor,
@@ -71,18 +78,19 @@ def int8_linear_reference(
 ) -> torch.Tensor:
     """The LLM.int8 layer composed from the five ops: ``x @ W.T + bias`` in ``x``'s dtype.
 
-    Outlier columns of ``x`` are multiplied in ``x``'s dtype with the matching weight columns
-    (dequantized from int8); the rest goes through int8 x int8 -> int32 and ``dequant_outer``.
+    Outlier columns of ``x`` (a fixed ``capacity`` of them, padded, so shapes never depend on data
+    and no host sync happens) multiply the matching weight columns dequantized in fp32 and cast to
+    ``x``'s dtype; the rest goes through int8 x int8 -> int32 and ``dequant_outer``.
     """
     outlier_cols, _, x_outliers = outlier_split(x, threshold, capacity)
     x_int8, x_absmax = quantize_rowwise(x, outlier_cols)
     acc = int8_matmul(x_int8, weight_int8)
     out = dequant_outer(acc, x_absmax, weight_absmax, bias, x.dtype)
-    if capacity == 0:
+    if threshold == 0 or capacity == 0:
         return out
-    weight_cols = weight_int8.index_select(1, outlier_cols.clamp(min=0)).to(x.dtype)
-    weight_cols = weight_cols * (weight_absmax / 127.0).to(x.dtype)[:, None]
-    return out + x_outliers @ weight_cols.T
+    # Padded slots select column 0, but their x_outliers entries are zero, so they add nothing.
+    weight_cols = weight_int8.index_select(1, outlier_cols.clamp(min=0))
+    return out + x_outliers @ dequantize_int8_weight(weight_cols, weight_absmax, x.dtype).T
 
 
 @torch.library.register_fake("llmint8::outlier_split")

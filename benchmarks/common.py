@@ -1,0 +1,53 @@
+"""Timing and input helpers shared by the llmint8 benchmarks (GUIDE §5 method)."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+LAYERS = [(1024, 4096), (4096, 16384), (14336, 4096), (12288, 49152)]
+TOKENS = [1, 16, 128, 512, 2048, 8192]
+OUTLIER_COLUMNS = 8
+OUTLIER_SCALE = 20.0
+
+
+def median_ms(fn) -> float:
+    """Median CUDA-event time of fn in milliseconds, after warm-up (triton's do_bench when present)."""
+    try:
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    except ImportError:
+        return _median_ms_with_events(fn)
+
+
+def _median_ms_with_events(fn, repeats: int = 50) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def activations_with_outliers(tokens: int, features: int, dtype, device) -> torch.Tensor:
+    """Gaussian activations with OUTLIER_COLUMNS random columns scaled by OUTLIER_SCALE."""
+    x = torch.randn(tokens, features, device=device)
+    x[:, torch.randperm(features, device=device)[:OUTLIER_COLUMNS]] *= OUTLIER_SCALE
+    return x.to(dtype)
+
+
+def save_results(name: str, rows: list[dict], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return path

@@ -1,0 +1,72 @@
+"""The `llmint8` command line."""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from . import ops
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: plan caches, allocator
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def layer_report(in_features: int, out_features: int, tokens: int, threshold: float, repeats: int) -> None:
+    """Quantizes one random layer with outlier columns; prints its error and time against 16-bit."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # CPU matmuls in 16-bit are emulated and slow, so the CPU baseline is fp32.
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    x = torch.randn(tokens, in_features, device=device)
+    x[:, torch.randperm(in_features, device=device)[:8]] *= 20.0  # LLM.int8-style outlier columns
+    x = x.to(dtype)
+    weight = (torch.randn(out_features, in_features, device=device) / in_features**0.5).to(dtype)
+    weight_int8, weight_absmax = ops.quantize_colwise(weight)
+    reference = x.double() @ weight.double().T
+
+    def rel_error(out: torch.Tensor) -> float:
+        return ((out.double() - reference).norm() / reference.norm()).item()
+
+    int8_out = ops.int8_linear(x, weight_int8, weight_absmax, None, threshold)
+    w8a8_out = ops.int8_linear(x, weight_int8, weight_absmax, None, 0.0)
+    dense_out = torch.nn.functional.linear(x, weight)
+    dense_s = _median_seconds(lambda: torch.nn.functional.linear(x, weight), repeats)
+    int8_s = _median_seconds(
+        lambda: ops.int8_linear(x, weight_int8, weight_absmax, None, threshold), repeats
+    )
+    print(f"layer {in_features}->{out_features}, {tokens} tokens, {dtype}, {device}")
+    print(f"weight bytes: {weight.numel() * weight.element_size():,} -> "
+          f"{weight_int8.numel() + weight_absmax.numel() * 4:,}")
+    print(f"{'method':<28}{'rel. error vs float64':>24}{'time (ms)':>12}")
+    print(f"{str(dtype).replace('torch.', '') + ' F.linear':<28}{rel_error(dense_out):>24.2e}{dense_s * 1e3:>12.3f}")
+    print(f"{f'llmint8 threshold {threshold:g}':<28}{rel_error(int8_out):>24.2e}{int8_s * 1e3:>12.3f}")
+    print(f"{'llmint8 threshold 0 (W8A8)':<28}{rel_error(w8a8_out):>24.2e}{'':>12}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="llmint8", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="quantize a layer; show error and time against 16-bit")
+    demo.add_argument("--in-features", type=int, default=4096)
+    demo.add_argument("--out-features", type=int, default=4096)
+    demo.add_argument("--tokens", type=int, default=16)
+    demo.add_argument("--threshold", type=float, default=6.0)
+    demo.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        layer_report(args.in_features, args.out_features, args.tokens, args.threshold, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

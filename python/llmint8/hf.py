@@ -1,0 +1,174 @@
+"""Hugging Face transformers integration: ``Int8Config`` and the quantizer behind ``from_pretrained``.
+
+Importing this module registers ``quant_method="llmint8"`` with transformers, so that
+
+    AutoModelForCausalLM.from_pretrained(path, quantization_config=Int8Config(), device_map=...)
+
+loads a 16-bit checkpoint into int8 one weight at a time (each is materialized on its device and
+quantized there before the next is read, so the device never holds a 16-bit copy of the whole
+model), ``save_pretrained`` writes the int8 weights in the bitsandbytes layout (``weight``,
+``SCB``, ``weight_format``) with the config in config.json, and ``from_pretrained`` of that
+directory (after ``import llmint8.hf``) restores the int8 model without re-quantizing.
+
+Limits of transformers' plug-in API, and what this module does about them:
+- An error inside a conversion op (e.g. a checkpoint with a missing ``SCB``) is caught by
+  transformers, logged in its load report, and re-raised as a RuntimeError pointing at that report;
+  the ValueError naming the key is in the report.
+- Disk offload is refused: offloaded weights are re-saved and re-materialized by accelerate, whose
+  hooks special-case bitsandbytes' ``Int8Params`` by class name and would reach for attributes
+  this package does not have. CPU placement in a device_map works (the CPU kernels run int8).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers.auto import (
+    AUTO_QUANTIZATION_CONFIG_MAPPING,
+    AUTO_QUANTIZER_MAPPING,
+    register_quantization_config,
+    register_quantizer,
+)
+from transformers.quantizers.base import HfQuantizer
+from transformers.quantizers.quantizers_utils import get_module_from_name
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from . import ops
+from .nn import (
+    Int8Params,
+    Linear8bitLt,
+    check_int8_checkpoint,
+    check_outlier_capacity,
+    check_threshold,
+    replace_8bit_linear,
+)
+
+__all__ = ["Int8Config", "Int8HfQuantizer", "QUANT_METHOD"]
+
+QUANT_METHOD = "llmint8"
+
+
+class Int8Config(QuantizationConfigMixin):
+    """LLM.int8 settings for ``from_pretrained``; saved as config.json's ``quantization_config``.
+
+    ``modules_to_not_convert``: module names kept in 16-bit, in addition to transformers' default
+    skips (output embeddings, tied weights, ``_keep_in_fp32_modules``).
+    """
+
+    def __init__(
+        self,
+        threshold: float = 6.0,
+        modules_to_not_convert: Optional[list[str]] = None,
+        outlier_capacity: int = ops.DEFAULT_OUTLIER_CAPACITY,
+        quant_method: str = QUANT_METHOD,
+    ):
+        # quant_method is accepted only so that from_dict can read back what to_dict wrote.
+        if quant_method != QUANT_METHOD:
+            raise ValueError(f"quant_method must be '{QUANT_METHOD}', got {quant_method!r}")
+        if isinstance(modules_to_not_convert, str):
+            raise TypeError("modules_to_not_convert must be a list of module names, got a single string")
+        self.quant_method = QUANT_METHOD
+        self.threshold = check_threshold(threshold)
+        self.modules_to_not_convert = None if modules_to_not_convert is None else list(modules_to_not_convert)
+        self.outlier_capacity = check_outlier_capacity(outlier_capacity)
+
+
+class Int8Quantize(ConversionOps):
+    """On-the-fly loading: a 16/32-bit checkpoint weight, already on its device, becomes int8 there."""
+
+    def __init__(self, hf_quantizer: "Int8HfQuantizer"):
+        self.hf_quantizer = hf_quantizer
+
+    def convert(self, input_dict: dict[str, Any], model=None, **kwargs) -> dict[str, torch.Tensor]:
+        return {name: Int8Params(_single(value)).quantize_() for name, value in input_dict.items()}
+
+
+class Int8Deserialize(ConversionOps):
+    """Pre-quantized loading: ``weight`` + ``SCB`` + ``weight_format`` of one module become its Int8Params.
+
+    Having ``hf_quantizer`` tells transformers not to cast these tensors to the model's dtype
+    (SCB must stay float32); the non-quantized weights routed here are cast by this op instead.
+    """
+
+    def __init__(self, hf_quantizer: "Int8HfQuantizer"):
+        self.hf_quantizer = hf_quantizer
+
+    def convert(self, input_dict: dict[str, Any], model=None, full_layer_name: str = "", **kwargs):
+        tensors = {key: _single(value) for key, value in input_dict.items()}
+        module, _ = get_module_from_name(model, full_layer_name)
+        if not isinstance(module, Linear8bitLt):
+            placeholder = model.get_parameter_or_buffer(full_layer_name)
+            return {key: value.to(placeholder.dtype) for key, value in tensors.items()}
+        prefix = full_layer_name.removesuffix("weight")
+        weight, scb = tensors.get("weight"), tensors.get("SCB")
+        check_int8_checkpoint(weight, scb, tensors.get("weight_format"),
+                              (module.out_features, module.in_features), prefix)
+        module._is_hf_initialized = True
+        return {"weight": Int8Params(weight, SCB=scb.to(weight.device))}
+
+
+def _single(value):
+    # Converters collect each source key's tensors in a list (several for merged experts).
+    return value[0] if isinstance(value, list) else value
+
+
+class Int8HfQuantizer(HfQuantizer):
+    """Swaps the model's nn.Linear for Linear8bitLt before loading and quantizes/deserializes weights."""
+
+    requires_calibration = False
+    quantization_config: Int8Config
+    serialized_names = {"weight": ["weight", "SCB", "weight_format"]}
+
+    @property
+    def quantized_element_size(self) -> float:
+        return 1
+
+    def validate_environment(self, *args, device_map=None, **kwargs):
+        if isinstance(device_map, dict) and "disk" in device_map.values():
+            raise ValueError(
+                "device_map places modules on 'disk', which llmint8 does not support; "
+                "use GPU and/or CPU placements (the CPU kernels run int8 too)"
+            )
+
+    def update_device_map(self, device_map):
+        if device_map is None:
+            return {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
+        return device_map
+
+    def param_needs_quantization(self, model, param_name: str, **kwargs) -> bool:
+        module, name = get_module_from_name(model, param_name)
+        return isinstance(module, Linear8bitLt) and name == "weight"
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        config = self.quantization_config
+        skip = self.get_modules_to_not_convert(model, config.modules_to_not_convert, model._keep_in_fp32_modules,
+                                               add_default_skips=True)
+        replace_8bit_linear(model, threshold=config.threshold, modules_to_not_convert=skip,
+                            outlier_capacity=config.outlier_capacity)
+        return model
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        # Frozen int8 layers pass gradients to their inputs, so adapters (PEFT LoRA) train.
+        return True
+
+    def get_quantize_ops(self):
+        return Int8Quantize(self)
+
+    def get_load_operations(self) -> dict:
+        return {"deserialize": Int8Deserialize}
+
+
+def _register() -> None:
+    # Importing twice (e.g. importlib.reload) must not fail on transformers' duplicate check.
+    if QUANT_METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(QUANT_METHOD)(Int8Config)
+    if QUANT_METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(QUANT_METHOD)(Int8HfQuantizer)
+
+
+_register()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# On a CUDA machine: builds the CUDA extension, runs the whole pytest suite on the GPU,
+# compute-sanitizer memcheck over the op tests, and the op benchmark. Logs go to $OUT (or ./gpu_out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
+export TORCH_CUDA_ARCH_LIST="8.0+PTX;9.0a" MAX_JOBS="${MAX_JOBS:-16}" PYTHONUNBUFFERED=1
+# Some images put a GCC first on PATH whose link step pulls in a static libstdc++; a second copy of
+# libstdc++ inside _C.so beside torch's shared one crashes on the first formatted error message.
+# The system compiler links the shared library like torch does.
+if [ -x /usr/bin/g++ ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++; fi
+summary() { echo "== $1: $2" | tee -a "$OUT/summary.txt"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/summary.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/summary.txt"
+
+start=$SECONDS
+python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+summary build "rc=$? in $((SECONDS - start)) s"
+ldd python/llmint8/_C*.so | grep -q libstdc++ || summary build "WARNING: _C.so does not link the shared libstdc++"
+echo "code in _C.so: $(cuobjdump --list-elf --list-ptx python/llmint8/_C*.so | grep -oE '(sm|compute)_[0-9a-z]+' | sort | uniq -c | tr -s ' \n' ' ')" | tee -a "$OUT/summary.txt"
+
+start=$SECONDS
+python3 -m pytest -q -rs tests >"$OUT/pytest.log" 2>&1
+summary "pytest (GPU)" "rc=$? in $((SECONDS - start)) s: $(tail -1 "$OUT/pytest.log")"
+
+start=$SECONDS
+compute-sanitizer --tool memcheck --error-exitcode 99 python3 -m pytest -q -x tests/test_ops.py \
+  -k "not 4096 and not 300" >"$OUT/memcheck.log" 2>&1
+summary "memcheck tests/test_ops.py (M<=17, K,N<=172)" "rc=$? in $((SECONDS - start)) s: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) $(grep -E 'passed|failed' "$OUT/memcheck.log" | tail -1)"
+
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  start=$SECONDS
+  python3 benchmarks/bench_ops.py --out "$OUT" >"$OUT/bench_ops.log" 2>&1
+  summary bench_ops "rc=$? in $((SECONDS - start)) s"
+  cat "$OUT/bench_ops.log"
+fi
+echo; cat "$OUT/summary.txt"

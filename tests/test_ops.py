@@ -1,0 +1,337 @@
+"""The five llmint8 ops against float64 / exact integer references, opcheck, and bad input."""
+import itertools
+
+import pytest
+import torch
+
+import llmint8
+from llmint8 import ops
+
+M_VALUES = [0, 1, 17, 300]
+K_VALUES = [1, 3, 8, 172, 4096]
+N_VALUES = [1, 5, 64, 4096]
+THRESHOLD = 6.0
+
+
+def random_activations(shape, dtype, device, outlier_cols=()):
+    """Gaussian activations with the given columns scaled ×20, as in real LLM.int8 inputs."""
+    x = torch.randn(shape, dtype=torch.float32, device=device)
+    for col in outlier_cols:
+        x[..., col] *= 20.0
+    return x.to(dtype)
+
+
+def reference_outlier_cols(x, threshold):
+    if threshold == 0:
+        return torch.empty(0, dtype=torch.long)
+    hits = (x.double().abs() >= threshold).reshape(-1, x.shape[-1]).any(dim=0)
+    return hits.nonzero().flatten().cpu()
+
+
+def reference_quantize(x, excluded_cols=()):
+    """float64 absmax quantization: (exact q before rounding, absmax), excluded columns zeroed."""
+    x64 = x.double().cpu().clone()
+    x64[..., list(excluded_cols)] = 0.0
+    absmax = x64.abs().amax(dim=-1) if x64.shape[-1] else torch.zeros(x64.shape[:-1])
+    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    return x64 * 127.0 / safe[..., None], absmax
+
+
+def assert_quantized_matches(q, absmax, x, excluded_cols=()):
+    exact, ref_absmax = reference_quantize(x, excluded_cols)
+    assert q.dtype == torch.int8 and absmax.dtype == torch.float32
+    assert q.shape == x.shape and absmax.shape == x.shape[:-1]
+    torch.testing.assert_close(absmax.double().cpu(), ref_absmax, rtol=0, atol=0)
+    # Round-half-even of the fp32 product may differ from the float64 value by one at exact
+    # ties only; everywhere else it is the nearest integer.
+    distance = (q.double().cpu() - exact).abs()
+    assert distance.max().item() <= 0.5 + 1e-4 if q.numel() else True
+    assert q.abs().max().item() <= 127 if q.numel() else True
+
+
+# ---- outlier_split -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m,k", list(itertools.product(M_VALUES, K_VALUES)))
+def test_outlier_split_finds_exactly_the_threshold_crossing_columns(m, k, dtype, device):
+    planted = [c for c in (0, k // 2, k - 1) if c < k]
+    x = random_activations((m, k), dtype, device, planted)
+    capacity = k  # room for every column: the split must be exact
+    cols, count, x_outliers = ops.outlier_split(x, THRESHOLD, capacity)
+    expected = reference_outlier_cols(x, THRESHOLD)
+    assert count.item() == len(expected)
+    assert cols[: len(expected)].long().cpu().tolist() == expected.tolist()
+    assert (cols[len(expected):] == -1).all()
+    assert x_outliers.shape == (m, capacity) and x_outliers.dtype == dtype
+    torch.testing.assert_close(x_outliers[:, : len(expected)], x[:, expected.to(device)], rtol=0, atol=0)
+    assert (x_outliers[:, len(expected):] == 0).all()
+
+
+def test_outlier_split_3d_input_and_threshold_zero(dtype, device):
+    x = random_activations((2, 5, 40), dtype, device, outlier_cols=(3, 17))
+    cols, count, x_outliers = ops.outlier_split(x, THRESHOLD, 8)
+    assert x_outliers.shape == (2, 5, 8)
+    assert cols[:2].tolist() == [3, 17] and count.item() == 2
+    torch.testing.assert_close(x_outliers[..., :2], x[..., [3, 17]], rtol=0, atol=0)
+    cols0, count0, x0 = ops.outlier_split(x, 0.0, 8)
+    assert count0.item() == 0 and (cols0 == -1).all() and (x0 == 0).all()
+
+
+def test_outlier_split_over_capacity_reports_the_true_count(device):
+    x = random_activations((4, 64), torch.float32, device, outlier_cols=range(0, 64, 4))
+    cols, count, x_outliers = ops.outlier_split(x, THRESHOLD, 5)
+    assert count.item() == 16
+    assert cols.tolist() == [0, 4, 8, 12, 16]
+    torch.testing.assert_close(x_outliers, x[:, [0, 4, 8, 12, 16]], rtol=0, atol=0)
+
+
+def test_outlier_split_threshold_is_inclusive(device):
+    x = torch.zeros(3, 4, device=device)
+    x[1, 2] = -6.0
+    x[2, 3] = 5.999
+    cols, count, _ = ops.outlier_split(x, 6.0, 4)
+    assert count.item() == 1 and cols.tolist() == [2, -1, -1, -1]
+
+
+# ---- quantize_rowwise / quantize_colwise ----------------------------------------------------
+
+
+@pytest.mark.parametrize("m,k", list(itertools.product(M_VALUES, K_VALUES)))
+def test_quantize_rowwise_matches_float64(m, k, dtype, device):
+    x = random_activations((m, k), dtype, device)
+    q, absmax = ops.quantize_rowwise(x)
+    assert_quantized_matches(q, absmax, x)
+
+
+@pytest.mark.parametrize("m,k", list(itertools.product([1, 17, 300], [3, 172, 4096])))
+def test_quantize_rowwise_excludes_outlier_columns(m, k, dtype, device):
+    planted = [0, k - 1]
+    x = random_activations((m, k), dtype, device, planted)
+    cols, _, _ = ops.outlier_split(x, THRESHOLD, 8)
+    q, absmax = ops.quantize_rowwise(x, cols)
+    excluded = reference_outlier_cols(x, THRESHOLD).tolist()
+    assert_quantized_matches(q, absmax, x, excluded)
+    assert (q[:, excluded] == 0).all()
+
+
+def test_quantize_rowwise_3d_and_zero_rows(dtype, device):
+    x = random_activations((3, 4, 33), dtype, device)
+    x[1, 2] = 0
+    q, absmax = ops.quantize_rowwise(x)
+    assert_quantized_matches(q, absmax, x)
+    assert absmax[1, 2] == 0 and (q[1, 2] == 0).all()
+    assert not torch.isnan(absmax).any()
+
+
+def test_quantize_rowwise_rounds_half_to_even(device):
+    # absmax 127 makes the step exactly 1, so x itself is rounded: ties go to the even integer.
+    x = torch.tensor([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.4999]], device=device)
+    q, _ = ops.quantize_rowwise(x)
+    assert q.tolist() == [[127, 0, 2, 2, 0, -2, -2, 3]]
+
+
+@pytest.mark.parametrize("n,k", list(itertools.product(N_VALUES, K_VALUES)))
+def test_quantize_colwise_matches_float64(n, k, dtype, device):
+    w = random_activations((n, k), dtype, device)
+    q, absmax = ops.quantize_colwise(w)
+    assert_quantized_matches(q, absmax, w)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m,k", list(itertools.product(M_VALUES, K_VALUES)))
+def test_quantize_is_bit_identical_on_cpu_and_cuda(m, k, dtype):
+    x = random_activations((m, k), dtype, "cpu", [c for c in (1, k - 2) if 0 <= c < k])
+    cols_cpu, count_cpu, xo_cpu = ops.outlier_split(x, THRESHOLD, 8)
+    cols_gpu, count_gpu, xo_gpu = ops.outlier_split(x.cuda(), THRESHOLD, 8)
+    assert torch.equal(cols_cpu, cols_gpu.cpu()) and torch.equal(count_cpu, count_gpu.cpu())
+    assert torch.equal(xo_cpu, xo_gpu.cpu())
+    for cpu_out, gpu_out in zip(ops.quantize_rowwise(x, cols_cpu), ops.quantize_rowwise(x.cuda(), cols_gpu)):
+        assert torch.equal(cpu_out, gpu_out.cpu())
+    for cpu_out, gpu_out in zip(ops.quantize_colwise(x), ops.quantize_colwise(x.cuda())):
+        assert torch.equal(cpu_out, gpu_out.cpu())
+
+
+# ---- int8_matmul ----------------------------------------------------------------------------
+
+
+def random_int8(shape, device):
+    return torch.randint(-127, 128, shape, dtype=torch.int8, device=device)
+
+
+@pytest.mark.parametrize("m,k,n", list(itertools.product(M_VALUES, K_VALUES, N_VALUES)))
+def test_int8_matmul_is_exact(m, k, n, device):
+    a, b = random_int8((m, k), device), random_int8((n, k), device)
+    c = ops.int8_matmul(a, b)
+    assert c.dtype == torch.int32 and c.shape == (m, n)
+    # Products of int8 summed over K <= 4096 stay far below 2**53: float64 is exact here.
+    expected = (a.double().cpu() @ b.double().cpu().T).to(torch.int32)
+    assert torch.equal(c.cpu(), expected)
+
+
+def test_int8_matmul_extreme_values_and_3d(device):
+    a = torch.full((2, 3, 4096), -127, dtype=torch.int8, device=device)
+    b = torch.full((7, 4096), -127, dtype=torch.int8, device=device)
+    c = ops.int8_matmul(a, b)
+    assert c.shape == (2, 3, 7) and (c == 127 * 127 * 4096).all()
+
+
+def test_int8_matmul_k_zero_gives_zeros(device):
+    c = ops.int8_matmul(random_int8((3, 0), device), random_int8((4, 0), device))
+    assert c.shape == (3, 4) and (c == 0).all()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_ops_run_on_a_second_gpu():
+    x = random_activations((17, 172), torch.float16, "cuda:1", [5])
+    w_q, w_absmax = ops.quantize_colwise(random_activations((64, 172), torch.float16, "cuda:1"))
+    out = ops.int8_linear(x, w_q, w_absmax)
+    assert out.device == torch.device("cuda:1")
+    expected = ops.int8_linear(x.cpu(), w_q.cpu(), w_absmax.cpu())
+    torch.testing.assert_close(out.cpu(), expected, rtol=2e-3, atol=2e-3)
+
+
+# ---- dequant_outer --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m,n", list(itertools.product(M_VALUES, N_VALUES)))
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_dequant_outer_matches_float64(m, n, with_bias, dtype, device):
+    acc = torch.randint(-(2**24), 2**24, (m, n), dtype=torch.int32, device=device)
+    row = torch.rand(m, device=device) * 10
+    col = torch.rand(n, device=device) * 3
+    bias = torch.randn(n, device=device).to(dtype) if with_bias else None
+    out = ops.dequant_outer(acc, row, col, bias, dtype)
+    expected = acc.double() * row.double()[:, None] * col.double()[None, :] / 127.0**2
+    if with_bias:
+        expected = expected + bias.double()
+    assert out.dtype == dtype and out.shape == (m, n)
+    torch.testing.assert_close(out, expected.to(dtype), rtol=1e-5 if dtype == torch.float32 else None,
+                               atol=1e-5 if dtype == torch.float32 else None)
+
+
+def test_dequant_outer_3d(dtype, device):
+    acc = torch.randint(-1000, 1000, (2, 3, 5), dtype=torch.int32, device=device)
+    row, col = torch.rand(2, 3, device=device), torch.rand(5, device=device)
+    out = ops.dequant_outer(acc, row, col, None, dtype)
+    expected = acc.double() * row.double()[..., None] * col.double() / 127.0**2
+    torch.testing.assert_close(out, expected.to(dtype))
+
+
+# ---- the composed layer ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(17, 172), (1, 4096), (2, 9, 64)])
+def test_composed_layer_close_to_float64(shape, dtype, device):
+    k = shape[-1]
+    x = random_activations(shape, dtype, device, outlier_cols=[c for c in (2, k // 3) if c < k])
+    w = torch.randn(48, k, device=device).to(dtype) / k**0.5
+    bias = torch.randn(48, device=device).to(dtype)
+    w_q, w_absmax = ops.quantize_colwise(w)
+    out = ops.int8_linear(x, w_q, w_absmax, bias, THRESHOLD)
+    expected = x.double() @ w.double().T + bias.double()
+    rel = (out.double() - expected).norm() / expected.norm()
+    assert out.dtype == dtype and out.shape == (*shape[:-1], 48)
+    assert rel < 2e-2, f"relative error {rel:.3g}"
+
+
+def test_outliers_are_what_keeps_the_error_small(device):
+    x = random_activations((64, 1024), torch.float32, device, outlier_cols=range(0, 1024, 128))
+    w = torch.randn(256, 1024, device=device) / 32
+    w_q, w_absmax = ops.quantize_colwise(w)
+    expected = x.double() @ w.double().T
+
+    def rel_error(threshold):
+        out = ops.int8_linear(x, w_q, w_absmax, None, threshold)
+        return ((out.double() - expected).norm() / expected.norm()).item()
+
+    assert rel_error(THRESHOLD) < rel_error(0.0) / 2
+
+
+# ---- opcheck --------------------------------------------------------------------------------
+
+
+def opcheck_samples(device):
+    x = random_activations((5, 12), torch.bfloat16, device, outlier_cols=[3])
+    x3d = random_activations((2, 3, 12), torch.float16, device, outlier_cols=[7])
+    cols = ops.outlier_split(x, THRESHOLD, 4)[0]
+    a, b = random_int8((5, 12), device), random_int8((7, 12), device)
+    acc = ops.int8_matmul(a, b)
+    row, col = torch.rand(5, device=device), torch.rand(7, device=device)
+    return [
+        (torch.ops.llmint8.outlier_split, (x, THRESHOLD, 4)),
+        (torch.ops.llmint8.outlier_split, (x3d, THRESHOLD, 2)),
+        (torch.ops.llmint8.quantize_rowwise, (x, cols)),
+        (torch.ops.llmint8.quantize_rowwise, (x3d, None)),
+        (torch.ops.llmint8.quantize_colwise, (x,)),
+        (torch.ops.llmint8.int8_matmul, (a, b)),
+        (torch.ops.llmint8.dequant_outer, (acc, row, col, torch.randn(7, device=device), torch.bfloat16)),
+        (torch.ops.llmint8.dequant_outer, (acc, row, col, None, torch.float32)),
+    ]
+
+
+def test_opcheck_every_op(device):
+    samples = opcheck_samples(device)
+    assert {op._qualified_op_name for op, _ in samples} == {
+        f"llmint8::{name}"
+        for name in ["outlier_split", "quantize_rowwise", "quantize_colwise", "int8_matmul", "dequant_outer"]
+    }
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_errors_naming_the_argument(device):
+    x = torch.randn(4, 8, device=device)
+    a, b = random_int8((4, 8), device), random_int8((3, 8), device)
+    acc = ops.int8_matmul(a, b)
+    row, col = torch.rand(4, device=device), torch.rand(3, device=device)
+    cases = [
+        (lambda: ops.outlier_split(x.double(), THRESHOLD), "x must be float16, bfloat16 or float32"),
+        (lambda: ops.outlier_split(x, -1.0), "threshold must be a finite number >= 0"),
+        (lambda: ops.outlier_split(x, float("nan")), "threshold must be a finite number >= 0"),
+        (lambda: ops.outlier_split(x, THRESHOLD, -3), "capacity must be >= 0"),
+        (lambda: ops.quantize_rowwise(a), "x must be float16, bfloat16 or float32"),
+        (lambda: ops.quantize_rowwise(x, torch.zeros(2, device=device)), "outlier_cols must be int32"),
+        (lambda: ops.quantize_rowwise(x, torch.zeros(2, 2, dtype=torch.int32, device=device)), "outlier_cols must be 1D"),
+        (lambda: ops.quantize_colwise(torch.randn(2, 3, 4, device=device)), "weight must be 2D"),
+        (lambda: ops.quantize_colwise(a), "weight must be float16, bfloat16 or float32"),
+        (lambda: ops.int8_matmul(x, b), "a must be int8"),
+        (lambda: ops.int8_matmul(a, x), "b must be int8"),
+        (lambda: ops.int8_matmul(a, random_int8((3, 5), device)), r"a's last dimension \(K = 8\) must equal"),
+        (lambda: ops.int8_matmul(a, random_int8((2, 3, 8), device)), "b must be 2D"),
+        (lambda: ops.dequant_outer(acc.float(), row, col), "acc must be int32"),
+        (lambda: ops.dequant_outer(acc, row.half(), col), "row_absmax must be float32"),
+        (lambda: ops.dequant_outer(acc, row[:3], col), "row_absmax must have shape"),
+        (lambda: ops.dequant_outer(acc, row, col[:2]), "col_absmax must have shape"),
+        (lambda: ops.dequant_outer(acc, row, col, torch.randn(5, device=device)), "bias must have shape"),
+        (lambda: ops.dequant_outer(acc, row, col, None, torch.int32), "out_dtype must be float16"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            call()
+
+
+def test_bad_outlier_column_index_is_rejected_on_cpu():
+    x = torch.randn(2, 8)
+    with pytest.raises(RuntimeError, match="outlier_cols entries must be -1"):
+        ops.quantize_rowwise(x, torch.tensor([9], dtype=torch.int32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tensors_on_different_devices_are_rejected():
+    a, b = random_int8((4, 8), "cuda"), random_int8((3, 8), "cpu")
+    with pytest.raises(RuntimeError, match="b must be on the same device as a"):
+        ops.int8_matmul(a, b)
+    acc = ops.int8_matmul(a, b.cuda())
+    with pytest.raises(RuntimeError, match="row_absmax must be on the same device as acc"):
+        ops.dequant_outer(acc, torch.rand(4), torch.rand(3, device="cuda"))
+    x = torch.randn(4, 8, device="cuda")
+    with pytest.raises(RuntimeError, match="outlier_cols must be on the same device as x"):
+        ops.quantize_rowwise(x, torch.zeros(2, dtype=torch.int32))
+
+
+def test_public_names_are_exported():
+    for name in ["outlier_split", "quantize_rowwise", "quantize_colwise", "int8_matmul", "dequant_outer"]:
+        assert getattr(llmint8, name) is getattr(ops, name)
