@@ -25,7 +25,7 @@ def cublas_wheel_dirs() -> tuple[list[str], list[str]]:
 
 
 def extension():
-    sources = ["csrc/ops.cpp", "csrc/checks.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/reference.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     cxx_flags = ["-O3", "-fdiagnostics-color=always"]
     if not with_cuda():
         return cpp_extension.CppExtension(

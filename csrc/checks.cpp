@@ -74,6 +74,28 @@ void check_dequant_operands(const at::Tensor& acc, const at::Tensor& row_absmax,
               "out_dtype must be float16, bfloat16 or float32, got ", out_dtype);
 }
 
+void check_int8_weight_operands(const at::Tensor& x, const at::Tensor& weight_int8,
+                                const at::Tensor& weight_absmax,
+                                const std::optional<at::Tensor>& bias) {
+  check_float_input(x, "x");
+  check_int8_input(weight_int8, "weight_int8");
+  TORCH_CHECK(weight_int8.dim() == 2, "weight_int8 must be 2D [N, K], got ", weight_int8.dim(), "D");
+  TORCH_CHECK(x.size(-1) == weight_int8.size(1), "x's last dimension (K = ", x.size(-1),
+              ") must equal weight_int8's second dimension (", weight_int8.size(1), ")");
+  TORCH_CHECK(weight_absmax.scalar_type() == at::kFloat, "weight_absmax must be float32, got ",
+              weight_absmax.scalar_type());
+  TORCH_CHECK(weight_absmax.dim() == 1 && weight_absmax.size(0) == weight_int8.size(0),
+              "weight_absmax must have shape [", weight_int8.size(0), "], got ", weight_absmax.sizes());
+  check_same_device(x, "x", weight_int8, "weight_int8");
+  check_same_device(x, "x", weight_absmax, "weight_absmax");
+  if (bias.has_value()) {
+    check_float_input(*bias, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight_int8.size(0), "bias must have shape [",
+                weight_int8.size(0), "], got ", bias->sizes());
+    check_same_device(x, "x", *bias, "bias");
+  }
+}
+
 int64_t leading_rows(const at::Tensor& t) {
   int64_t rows = 1;
   for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);

@@ -16,6 +16,9 @@ void check_matmul_operands(const at::Tensor& a, const at::Tensor& b);
 void check_dequant_operands(const at::Tensor& acc, const at::Tensor& row_absmax,
                             const at::Tensor& col_absmax, const std::optional<at::Tensor>& bias,
                             at::ScalarType out_dtype);
+void check_int8_weight_operands(const at::Tensor& x, const at::Tensor& weight_int8,
+                                const at::Tensor& weight_absmax,
+                                const std::optional<at::Tensor>& bias);
 
 // Rows of a [*, K] tensor viewed as 2D: the product of the leading dimensions.
 int64_t leading_rows(const at::Tensor& t);

@@ -25,5 +25,9 @@ TORCH_LIBRARY(llmint8, m) {
   m.def("int8_matmul(Tensor a, Tensor b) -> Tensor");
   // acc int32 [*, N] -> acc * (row_absmax ⊗ col_absmax) / 127^2 + bias, computed in fp32,
   // returned in out_dtype (float16, bfloat16 or float32).
+  // Fast path beside the five ops: x [*, K] (16-bit or fp32) times the int8 weight, without
+  // quantizing x: (x @ weight_int8^T) * weight_absmax / 127 + bias, accumulated in fp32, in x's
+  // dtype. Strictly more accurate than the LLM.int8 decomposition; used for small batches.
+  m.def("int8_weight_linear(Tensor x, Tensor weight_int8, Tensor weight_absmax, Tensor? bias) -> Tensor");
   m.def("dequant_outer(Tensor acc, Tensor row_absmax, Tensor col_absmax, Tensor? bias, ScalarType out_dtype) -> Tensor");
 }

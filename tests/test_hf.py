@@ -13,6 +13,10 @@ from llmint8.nn import Linear8bitLt, replace_8bit_linear
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 PROMPT = torch.tensor([[2, 7, 11, 19, 23, 5]])
+# Inputs are built on the CPU and moved to each model's device: from_pretrained with an Int8Config
+# and no device_map places the model on the current CUDA device when there is one (like
+# bitsandbytes), so these tests run unchanged on CPU-only and CUDA machines. Results that compare
+# two models are brought back to the CPU.
 
 
 def tiny_opt():
@@ -44,12 +48,13 @@ def load_int8(path, **kwargs):
 
 
 def greedy(model, new_tokens=8):
-    return model.generate(PROMPT, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    prompt = PROMPT.to(model.device)
+    return model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False).cpu()
 
 
 @torch.no_grad()
 def logits(model):
-    return model(PROMPT).logits
+    return model(PROMPT.to(model.device)).logits.cpu()
 
 
 def test_config_validates_and_round_trips():
@@ -82,6 +87,13 @@ def test_from_pretrained_quantizes_and_save_reload_is_identical(saved_fp32_model
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int8").eval()
     assert isinstance(reloaded.hf_quantizer.quantization_config, Int8Config)
+    # weight + SCB + weight_format of each layer deserialize together (not reported as unexpected
+    # keys leaving an int8 weight without its scales), with the scales on the weight's device.
+    reloaded_layers = [m for m in reloaded.modules() if isinstance(m, Linear8bitLt)]
+    assert len(reloaded_layers) == len(int8_layers)
+    for layer in reloaded_layers:
+        assert layer.weight.is_quantized and layer.weight.SCB.dtype == torch.float32
+        assert layer.weight.device == layer.weight.SCB.device == reloaded.device
     assert torch.equal(logits(reloaded), logits(model))
     assert torch.equal(greedy(reloaded), tokens)
 
@@ -97,7 +109,10 @@ def test_converted_model_generates_like_from_pretrained(tmp_path):
     model = tiny_opt()
     model.save_pretrained(tmp_path)
     replace_8bit_linear(model)
-    assert torch.equal(greedy(model), greedy(load_int8(tmp_path)))
+    loaded = load_int8(tmp_path)
+    # Same int8 weights, compared on the same device (and so through the same kernels).
+    model.to(loaded.device)
+    assert torch.equal(greedy(model), greedy(loaded))
 
 
 def saved_int8_opt(tmp_path):
@@ -152,7 +167,7 @@ def test_peft_lora_trains_on_an_int8_model(tmp_path):
                                             lora_dropout=0.0))
     int8_before = {name: p.clone() for name, p in lora.named_parameters() if p.dtype == torch.int8}
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
-    batch = torch.randint(0, 96, (4, 12))
+    batch = torch.randint(0, 96, (4, 12)).to(lora.device)
     losses = []
     lora.train()
     for _ in range(8):

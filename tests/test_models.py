@@ -1,4 +1,5 @@
 """Tests of llmint8.models: stories260K loads into LlamaForCausalLM and reproduces its golden text, in fp32 and int8."""
+import os
 import re
 from pathlib import Path
 
@@ -8,10 +9,13 @@ import torch
 from llmint8.models import BOS_ID, load_stories260k
 from llmint8.nn import Linear8bitLt, replace_8bit_linear
 
-STORIES_DIR = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
-if not STORIES_DIR.exists():
-    STORIES_DIR = Path("/work/shared/models/stories260K")
-pytestmark = pytest.mark.skipif(not STORIES_DIR.exists(), reason="stories260K checkpoint not available")
+# The shared data directory (holding models/stories260K): $LLMINT8_SHARED when set, else the
+# repository's sibling ../shared. The tests are skipped when the checkpoint is not there.
+SHARED_DIR = Path(os.environ.get("LLMINT8_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+STORIES_DIR = SHARED_DIR / "models" / "stories260K"
+pytestmark = pytest.mark.skipif(not (STORIES_DIR / "stories260K.bin").is_file(),
+                                reason=f"stories260K checkpoint not available in {STORIES_DIR} "
+                                       "(set LLMINT8_SHARED to the shared data directory)")
 
 NEW_TOKENS = 80
 # int8 may change a near-tie argmax late in the story; before this many tokens it must not.
@@ -26,10 +30,10 @@ def golden_text() -> str:
 
 
 def greedy_tokens(model) -> list[int]:
-    prompt = torch.tensor([[BOS_ID]])
+    prompt = torch.tensor([[BOS_ID]], device=model.device)
     with torch.no_grad():
         out = model.generate(prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    return out[0].tolist()
+    return out[0].cpu().tolist()
 
 
 @pytest.fixture(scope="module")

@@ -142,10 +142,11 @@ def test_cpu_cuda_round_trip_moves_cb_and_scb():
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("leading_shape", [(7,), (2, 5)], ids=["2d", "3d"])
-def test_linear_matches_float64_reference(dtype, leading_shape):
+@pytest.mark.parametrize("leading_shape", [(7,), (2, 5), (40,), (3, 9)], ids=["2d", "3d", "2d-large", "3d-large"])
+@pytest.mark.parametrize("exact_decomposition", [False, True])
+def test_linear_matches_float64_reference(dtype, leading_shape, exact_decomposition):
     weight, bias = torch.randn(48, 64) * 0.1, torch.randn(48)
-    layer = Linear8bitLt(64, 48, threshold=6.0)
+    layer = Linear8bitLt(64, 48, threshold=6.0, exact_decomposition=exact_decomposition)
     layer.load_state_dict({"weight": weight.to(dtype), "bias": bias.to(dtype)})
     layer = layer.to(dtype)
     x = inputs_with_outliers((*leading_shape, 64), dtype)
@@ -161,17 +162,26 @@ def test_outliers_are_what_keep_the_error_small():
     expected = x.double() @ weight.double().T
     errors = {}
     for threshold in (0.0, 6.0):
-        layer = Linear8bitLt(64, 48, bias=False, threshold=threshold)
+        layer = Linear8bitLt(64, 48, bias=False, threshold=threshold, exact_decomposition=True)
         layer.load_state_dict({"weight": weight})
         errors[threshold] = relative_error(layer(x), expected)
     assert errors[6.0] < errors[0.0] / 2, errors
 
 
-def test_linear_matches_the_ops_reference_composition():
+@pytest.mark.parametrize("rows", [9, ops.SMALL_BATCH_ROWS + 1])
+def test_linear_uses_the_decomposition_when_asked_or_above_the_small_batch_rows(rows):
     layer = quantized_layer()
-    x = inputs_with_outliers((9, 64), torch.float32)
+    x = inputs_with_outliers((rows, 64), torch.float32)
     expected = ops.int8_linear(x, layer.weight.data, layer.weight.SCB, layer.bias, 6.0)
+    layer.exact_decomposition = rows <= ops.SMALL_BATCH_ROWS
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_small_batches_use_the_int8_weight_path():
+    layer = quantized_layer()
+    x = inputs_with_outliers((ops.SMALL_BATCH_ROWS, 64), torch.float32)
+    expected = ops.int8_weight_linear(x, layer.weight.data, layer.weight.SCB, layer.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -293,7 +303,7 @@ def test_bitsandbytes_state_dict_loads_on_a_fresh_cpu_module():
     assert layer.weight.is_quantized
     assert torch.equal(layer.weight.data, state["weight"]) and torch.equal(layer.weight.SCB, state["SCB"])
     x = torch.randn(3, 64)
-    expected = ops.int8_linear(x, state["weight"], state["SCB"], state["bias"], 6.0)
+    expected = ops.int8_weight_linear(x, state["weight"], state["SCB"], state["bias"])
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 

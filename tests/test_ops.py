@@ -335,3 +335,48 @@ def test_tensors_on_different_devices_are_rejected():
 def test_public_names_are_exported():
     for name in ["outlier_split", "quantize_rowwise", "quantize_colwise", "int8_matmul", "dequant_outer"]:
         assert getattr(llmint8, name) is getattr(ops, name)
+
+
+# ---- int8_weight_linear (the small-batch fast path) -------------------------------------------
+
+
+@pytest.mark.parametrize("m", [0, 1, 5, 16, 17, 40])
+@pytest.mark.parametrize("k,n", [(1, 5), (172, 64), (4096, 1), (1024, 300), (96, 33)])
+def test_int8_weight_linear_matches_float64(m, k, n, dtype, device):
+    x = random_activations((m, k), dtype, device, outlier_cols=[c for c in (0, k - 1) if c < k])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device))
+    bias = torch.randn(n, device=device).to(dtype)
+    out = ops.int8_weight_linear(x, w_int8, w_absmax, bias)
+    weight64 = w_int8.double() * w_absmax.double()[:, None] / 127.0
+    expected = x.double() @ weight64.T + bias.double()
+    assert out.dtype == dtype and out.shape == (m, n)
+    # Only accumulation order and the output rounding differ from the float64 product.
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item() if m else 0)
+
+
+def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(dtype, device):
+    x = random_activations((16, 1024), dtype, device, outlier_cols=range(0, 1024, 128))
+    w = torch.randn(512, 1024, device=device) / 32
+    w_int8, w_absmax = ops.quantize_colwise(w)
+    expected = x.double() @ w.double().T
+
+    def rel_error(out):
+        return ((out.double() - expected).norm() / expected.norm()).item()
+
+    fast = rel_error(ops.int8_weight_linear(x, w_int8, w_absmax))
+    composed = rel_error(ops.int8_linear(x, w_int8, w_absmax, None, THRESHOLD))
+    assert fast <= composed
+
+
+def test_int8_weight_linear_3d_and_bad_input(device):
+    x = random_activations((2, 3, 64), torch.bfloat16, device)
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(8, 64, device=device))
+    assert ops.int8_weight_linear(x, w_int8, w_absmax).shape == (2, 3, 8)
+    with pytest.raises(RuntimeError, match="weight_int8 must be int8"):
+        ops.int8_weight_linear(x, w_int8.float(), w_absmax)
+    with pytest.raises(RuntimeError, match=r"x's last dimension \(K = 32\) must equal"):
+        ops.int8_weight_linear(x[..., :32], w_int8, w_absmax)
+    with pytest.raises(RuntimeError, match="weight_absmax must have shape"):
+        ops.int8_weight_linear(x, w_int8, w_absmax[:3])
+    torch.library.opcheck(torch.ops.llmint8.int8_weight_linear, (x, w_int8, w_absmax, None))

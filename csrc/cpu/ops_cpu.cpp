@@ -6,6 +6,7 @@
 
 #include "../checks.h"
 #include "../core/llmint8_core.h"
+#include "../reference.h"
 
 namespace llmint8 {
 namespace {
@@ -130,6 +131,13 @@ at::Tensor dequant_outer_cpu(const at::Tensor& acc, const at::Tensor& row_absmax
   return out;
 }
 
+at::Tensor int8_weight_linear_cpu(const at::Tensor& x, const at::Tensor& weight_int8,
+                                  const at::Tensor& weight_absmax,
+                                  const std::optional<at::Tensor>& bias) {
+  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
+  return int8_weight_linear_reference(x, weight_int8, weight_absmax, bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(llmint8, CPU, m) {
@@ -138,6 +146,7 @@ TORCH_LIBRARY_IMPL(llmint8, CPU, m) {
   m.impl("quantize_colwise", &quantize_colwise_cpu);
   m.impl("int8_matmul", &int8_matmul_cpu);
   m.impl("dequant_outer", &dequant_outer_cpu);
+  m.impl("int8_weight_linear", &int8_weight_linear_cpu);
 }
 
 }  // namespace llmint8

@@ -11,7 +11,9 @@
 
 #include "../checks.h"
 #include "../core/llmint8_core.h"
+#include "../reference.h"
 #include "int8_matmul_cublaslt.h"
+#include "int8_weight_linear.h"
 
 namespace llmint8 {
 namespace {
@@ -239,6 +241,23 @@ at::Tensor dequant_outer_cuda(const at::Tensor& acc, const at::Tensor& row_absma
   return out;
 }
 
+at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
+                                   const at::Tensor& weight_absmax,
+                                   const std::optional<at::Tensor>& bias) {
+  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto x2d = x.contiguous().view({leading_rows(x), x.size(-1)});
+  const auto weight = weight_int8.contiguous();
+  if (!int8_weight_linear_kernel_applies(x2d, weight)) {
+    return int8_weight_linear_reference(x, weight_int8, weight_absmax, bias);
+  }
+  auto out = at::empty(with_last_dim(x, weight.size(0)), x.options());
+  if (out.numel() == 0) return out;
+  if (x.size(-1) == 0) return int8_weight_linear_reference(x, weight_int8, weight_absmax, bias);
+  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  return int8_weight_linear_cuda_kernel(x2d, weight, weight_absmax.contiguous(), bias_f32, out);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(llmint8, CUDA, m) {
@@ -247,6 +266,7 @@ TORCH_LIBRARY_IMPL(llmint8, CUDA, m) {
   m.impl("quantize_colwise", &quantize_colwise_cuda);
   m.impl("int8_matmul", &int8_matmul_cuda);
   m.impl("dequant_outer", &dequant_outer_cuda);
+  m.impl("int8_weight_linear", &int8_weight_linear_cuda);
 }
 
 }  // namespace llmint8

@@ -10,6 +10,13 @@ model), ``save_pretrained`` writes the int8 weights in the bitsandbytes layout (
 ``SCB``, ``weight_format``) with the config in config.json, and ``from_pretrained`` of that
 directory (after ``import llmint8.hf``) restores the int8 model without re-quantizing.
 
+Without a ``device_map`` the model is placed on the current CUDA device when there is one, else on
+the CPU; inputs must be moved to ``model.device``.
+
+Works with transformers 5.x from 5.17 on: the routing of ``weight``/``SCB``/``weight_format`` into
+one deserialization op is declared by ``get_weight_conversions`` itself, since older 5.x releases do
+not derive it from ``serialized_names``/``get_load_operations``.
+
 Limits of transformers' plug-in API, and what this module does about them:
 - An error inside a conversion op (e.g. a checkpoint with a missing ``SCB``) is caught by
   transformers, logged in its load report, and re-raised as a RuntimeError pointing at that report;
@@ -132,6 +139,8 @@ class Int8HfQuantizer(HfQuantizer):
             )
 
     def update_device_map(self, device_map):
+        # No device_map: the whole model goes to the current CUDA device when there is one (as with
+        # bitsandbytes), else to the CPU. Callers move their inputs to ``model.device``.
         if device_map is None:
             return {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
         return device_map
@@ -161,6 +170,18 @@ class Int8HfQuantizer(HfQuantizer):
 
     def get_load_operations(self) -> dict:
         return {"deserialize": Int8Deserialize}
+
+    def get_weight_conversions(self):
+        # Routes each module's serialized names (weight + SCB + weight_format) into one Int8Deserialize.
+        # transformers >= 5.2x derives this from serialized_names/get_load_operations in the base class,
+        # but older 5.x (e.g. 5.17) has neither hook and returns [] here: without this override, SCB and
+        # weight_format would be reported UNEXPECTED and the int8 weight loaded without its scales.
+        from transformers.core_model_loading import WeightConverter
+
+        if not self.pre_quantized:
+            return []
+        return [WeightConverter(list(names), param, [Int8Deserialize(self)])
+                for param, names in self.serialized_names.items()]
 
 
 def _register() -> None:

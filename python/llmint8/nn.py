@@ -242,12 +242,12 @@ class _Int8LinearFunction(torch.autograd.Function):
     """int8 forward; backward in 16-bit: to x through the (master or dequantized) weight, to W and bias."""
 
     @staticmethod
-    def forward(x, weight_int8, weight_absmax, master_weight, bias, threshold, capacity):
-        return ops.int8_linear(x, weight_int8, weight_absmax, bias, threshold, capacity)
+    def forward(x, weight_int8, weight_absmax, master_weight, bias, threshold, capacity, exact_decomposition):
+        return ops.llm_int8_linear(x, weight_int8, weight_absmax, bias, threshold, capacity, exact_decomposition)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight_int8, weight_absmax, master_weight, bias, _, _ = inputs
+        x, weight_int8, weight_absmax, master_weight, bias, *_ = inputs
         weight_needs_grad = master_weight is not None and master_weight.requires_grad
         # x is kept only for the weight gradient: LoRA-style training of a frozen int8 layer needs none.
         ctx.save_for_backward(x if weight_needs_grad else None, weight_int8, weight_absmax, master_weight)
@@ -271,7 +271,7 @@ class _Int8LinearFunction(torch.autograd.Function):
             grad_weight = (grad_rows.T @ x_rows).to(master_weight.dtype)
         if ctx.needs_input_grad[4]:
             grad_bias = grad_rows.sum(0).to(ctx.bias_dtype)
-        return grad_x, None, None, grad_weight, grad_bias, None, None
+        return grad_x, None, None, grad_weight, grad_bias, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,6 +285,9 @@ class Linear8bitLt(nn.Linear):
     ``threshold``: an input column with any ``|x| >= threshold`` is an outlier (0: none).
     ``outlier_capacity``: at most this many outlier columns per call are split out (fixed size,
     so the forward never synchronizes with the host); further ones go through int8.
+    ``exact_decomposition``: always use the LLM.int8 decomposition. By default, inputs of at most
+    ``ops.SMALL_BATCH_ROWS`` rows skip it for ``ops.int8_weight_linear`` (16-bit activations times
+    the int8 weight): faster where the layer is bandwidth-bound, and more accurate.
     """
 
     weight: Int8Params
@@ -297,6 +300,7 @@ class Linear8bitLt(nn.Linear):
         has_fp16_weights: bool = False,
         threshold: float = 6.0,
         outlier_capacity: int = ops.DEFAULT_OUTLIER_CAPACITY,
+        exact_decomposition: bool = False,
         device=None,
         dtype=None,
     ):
@@ -306,11 +310,13 @@ class Linear8bitLt(nn.Linear):
         self.has_fp16_weights = has_fp16_weights
         self.threshold = threshold
         self.outlier_capacity = outlier_capacity
+        self.exact_decomposition = exact_decomposition
         self.weight = Int8Params(self.weight.data, has_fp16_weights=has_fp16_weights)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, has_fp16_weights={self.has_fp16_weights}, "
-                f"threshold={self.threshold}, outlier_capacity={self.outlier_capacity}")
+                f"threshold={self.threshold}, outlier_capacity={self.outlier_capacity}, "
+                f"exact_decomposition={self.exact_decomposition}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in _FLOAT_DTYPES:
@@ -327,7 +333,8 @@ class Linear8bitLt(nn.Linear):
                 weight_int8, weight_absmax = ops.quantize_colwise(weight)
             master = weight
         return _Int8LinearFunction.apply(
-            x, weight_int8, weight_absmax, master, self.bias, self.threshold, self.outlier_capacity
+            x, weight_int8, weight_absmax, master, self.bias, self.threshold, self.outlier_capacity,
+            self.exact_decomposition,
         )
 
     def _apply(self, fn, recurse: bool = True):
@@ -435,6 +442,7 @@ def replace_8bit_linear(
     modules_to_not_convert: Optional[Iterable[str]] = ("lm_head",),
     has_fp16_weights: bool = False,
     outlier_capacity: int = ops.DEFAULT_OUTLIER_CAPACITY,
+    exact_decomposition: bool = False,
 ) -> list[str]:
     """Swap the model's ``nn.Linear`` modules for ``Linear8bitLt`` in place; return the converted names.
 
@@ -453,7 +461,7 @@ def replace_8bit_linear(
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         for name, parent, child_name, linear in plan:
-            new = _int8_linear_like(linear, threshold, outlier_capacity, has_fp16_weights)
+            new = _int8_linear_like(linear, threshold, outlier_capacity, has_fp16_weights, exact_decomposition)
             setattr(parent, child_name, new)
             swapped.append((parent, child_name, linear))
     except BaseException:
@@ -503,10 +511,12 @@ def _check_convertible_dtype(name: str, linear: nn.Linear) -> None:
         raise TypeError(f"'{name}.weight' must be float16, bfloat16 or float32 to convert, got {linear.weight.dtype}")
 
 
-def _int8_linear_like(linear: nn.Linear, threshold: float, capacity: int, has_fp16_weights: bool) -> Linear8bitLt:
+def _int8_linear_like(
+    linear: nn.Linear, threshold: float, capacity: int, has_fp16_weights: bool, exact_decomposition: bool
+) -> Linear8bitLt:
     # Built on meta so nothing is allocated or initialized, then given the Linear's own tensors.
     new = Linear8bitLt(linear.in_features, linear.out_features, linear.bias is not None, has_fp16_weights,
-                       threshold, capacity, device="meta", dtype=linear.weight.dtype)
+                       threshold, capacity, exact_decomposition, device="meta", dtype=linear.weight.dtype)
     weight = Int8Params(linear.weight.data, linear.weight.requires_grad and has_fp16_weights, has_fp16_weights)
     if weight.device.type != "meta" and not has_fp16_weights:
         weight.quantize_()

@@ -11,6 +11,10 @@ import torch
 
 _ops = torch.ops.llmint8
 
+# At or below this many rows a linear layer is bound by reading its weight: the int8-weight
+# kernel (int8_weight_linear) is faster there and more accurate than the decomposition.
+SMALL_BATCH_ROWS = 16
+
 # Default number of outlier columns split out per call. LLM.int8 models show a handful (the
 # paper: at most ~7 systematic dimensions at 6.7B); columns beyond capacity stay in the int8 part.
 DEFAULT_OUTLIER_CAPACITY = 64
@@ -61,6 +65,21 @@ def dequant_outer(
     return _ops.dequant_outer(acc, row_absmax, col_absmax, bias, out_dtype)
 
 
+def int8_weight_linear(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_absmax: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``x @ (weight_int8 * weight_absmax / 127).T + bias`` in fp32, returned in ``x``'s dtype.
+
+    The small-batch fast path: activations stay 16-bit (no rounding, no outlier split), the int8
+    weight is read once and widened on tensor cores. Its error against float64 is the weight's
+    quantization error alone, so at most that of the LLM.int8 decomposition.
+    """
+    return _ops.int8_weight_linear(x, weight_int8, weight_absmax, bias)
+
+
 def dequantize_int8_weight(
     weight_int8: torch.Tensor, weight_absmax: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -93,6 +112,27 @@ def int8_linear(
     return out + x_outliers @ dequantize_int8_weight(weight_cols, weight_absmax, x.dtype).T
 
 
+def llm_int8_linear(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_absmax: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    threshold: float = 6.0,
+    capacity: int = DEFAULT_OUTLIER_CAPACITY,
+    exact_decomposition: bool = False,
+) -> torch.Tensor:
+    """The forward of an int8 linear layer: the fastest path with LLM.int8 accuracy or better.
+
+    Up to ``SMALL_BATCH_ROWS`` rows, ``int8_weight_linear`` (16-bit activations, no rounding);
+    otherwise, or with ``exact_decomposition``, the LLM.int8 decomposition (``int8_linear``). The
+    choice depends only on shapes, so it is the same on every device and under torch.compile.
+    """
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if not exact_decomposition and rows <= SMALL_BATCH_ROWS:
+        return int8_weight_linear(x, weight_int8, weight_absmax, bias)
+    return int8_linear(x, weight_int8, weight_absmax, bias, threshold, capacity)
+
+
 @torch.library.register_fake("llmint8::outlier_split")
 def _outlier_split_fake(x, threshold, capacity):
     torch._check(capacity >= 0, lambda: f"capacity must be >= 0, got {capacity}")
@@ -123,6 +163,15 @@ def _int8_matmul_fake(a, b):
         lambda: f"a's last dimension (K = {a.shape[-1]}) must equal b's second dimension ({b.shape[1]})",
     )
     return a.new_empty((*a.shape[:-1], b.shape[0]), dtype=torch.int32)
+
+
+@torch.library.register_fake("llmint8::int8_weight_linear")
+def _int8_weight_linear_fake(x, weight_int8, weight_absmax, bias=None):
+    torch._check(
+        x.shape[-1] == weight_int8.shape[1],
+        lambda: f"x's last dimension (K = {x.shape[-1]}) must equal weight_int8's second dimension",
+    )
+    return x.new_empty((*x.shape[:-1], weight_int8.shape[0]))
 
 
 @torch.library.register_fake("llmint8::dequant_outer")
