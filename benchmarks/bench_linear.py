@@ -1,0 +1,141 @@
+"""Linear8bitLt's forward against fp16/bf16 F.linear, torch._int_mm and bitsandbytes (if importable).
+
+Run on a CUDA machine: python benchmarks/bench_linear.py [--out DIR] [--quick]
+Each method is timed twice: eager (what a Python loop sees, launch overhead included) and replayed
+from a CUDA graph (GPU time; how decode loops should run). Ratios = 16-bit F.linear time / method
+time in the same mode (higher is better); the ratio table is printed last. Writes JSON and a PNG.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+import llmint8
+from llmint8 import Linear8bitLt
+
+from common import LAYERS, TOKENS, activations_with_outliers, graph_median_ms, median_ms, save_results
+
+try:  # bitsandbytes is optional: absent, its columns are skipped
+    import bitsandbytes as bnb
+except ImportError:
+    bnb = None
+
+
+def int8_layer(weight: torch.Tensor, threshold: float, exact: bool) -> Linear8bitLt:
+    n, k = weight.shape
+    layer = Linear8bitLt(k, n, bias=False, threshold=threshold, exact_decomposition=exact,
+                         device="meta", dtype=weight.dtype)
+    layer.weight = llmint8.Int8Params(weight.clone(), has_fp16_weights=False)
+    layer.weight.quantize_()
+    return layer
+
+
+def bnb_layer(weight: torch.Tensor, threshold: float):
+    n, k = weight.shape
+    layer = bnb.nn.Linear8bitLt(k, n, bias=False, has_fp16_weights=False, threshold=threshold)
+    layer.weight = bnb.nn.Int8Params(weight.cpu().half(), requires_grad=False, has_fp16_weights=False)
+    return layer.cuda()
+
+
+def methods_for(x: torch.Tensor, weight: torch.Tensor) -> dict:
+    layers = {
+        "llmint8 t6": int8_layer(weight, 6.0, exact=False),
+        "llmint8 t6 exact": int8_layer(weight, 6.0, exact=True),
+        "llmint8 t0": int8_layer(weight, 0.0, exact=True),
+    }
+    methods = {"linear": lambda: torch.nn.functional.linear(x, weight)}
+    methods.update({name: (lambda layer=layer: layer(x)) for name, layer in layers.items()})
+    if x.shape[0] > 16:  # torch._int_mm needs M > 16
+        a = torch.randint(-127, 128, x.shape, dtype=torch.int8, device="cuda")
+        b = torch.randint(-127, 128, weight.shape, dtype=torch.int8, device="cuda").T
+        methods["torch._int_mm"] = lambda: torch._int_mm(a, b)
+    if bnb is not None and x.dtype == torch.float16:
+        bnb6 = bnb_layer(weight, 6.0)
+        methods["bnb t6"] = lambda: bnb6(x)
+    return methods, layers
+
+
+def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((out.double() - expected).norm() / expected.norm()).item()
+
+
+def bench(k: int, n: int, m: int, dtype) -> dict:
+    x = activations_with_outliers(m, k, dtype, "cuda")
+    weight = (torch.randn(n, k, device="cuda") / k**0.5).to(dtype)
+    methods, layers = methods_for(x, weight)
+    row = {"K": k, "N": n, "M": m, "dtype": str(dtype).replace("torch.", "")}
+    expected = x.double() @ weight.double().T
+    with torch.no_grad():
+        for name, layer in layers.items():
+            row[f"{name} rel_err"] = relative_error(layer(x), expected)
+        for name, fn in methods.items():
+            row[f"{name} eager_ms"] = median_ms(fn)
+            graphable = not name.startswith("bnb")  # bnb's threshold path synchronizes
+            row[f"{name} graph_ms"] = graph_median_ms(fn) if graphable else float("nan")
+    return row
+
+
+def print_table(rows: list[dict], mode: str) -> None:
+    names = list(dict.fromkeys(n for r in rows for n in [k[: -len(f" {mode}_ms")] for k in r if k.endswith(f" {mode}_ms")]))
+    print(f"\n{mode}: 16-bit F.linear µs and speed ratios (F.linear time / method time)")
+    print(f"{'dtype':<9}{'K->N':>13}{'M':>6}{'linear µs':>11}" + "".join(f"{n:>18}" for n in names[1:]))
+    for r in rows:
+        base = r[f"linear {mode}_ms"]
+        cells = "".join(
+            f"{base / r[f'{n} {mode}_ms']:>17.2f}x" if f"{n} {mode}_ms" in r and r[f"{n} {mode}_ms"] == r[f"{n} {mode}_ms"] else f"{'-':>18}"
+            for n in names[1:])
+        print(f"{r['dtype']:<9}{str(r['K']) + '->' + str(r['N']):>13}{r['M']:>6}{base * 1e3:>11.1f}{cells}")
+
+
+def print_errors(rows: list[dict]) -> None:
+    print("\nrelative error against float64")
+    for r in rows:
+        errs = "  ".join(f"{k[:-8]}: {v:.2e}" for k, v in r.items() if k.endswith(" rel_err"))
+        print(f"{r['dtype']:<9}{str(r['K']) + '->' + str(r['N']):>13}{r['M']:>6}  {errs}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, dtype in zip(axes, ["float16", "bfloat16"]):
+        for k, n in LAYERS:
+            sel = [r for r in rows if r["dtype"] == dtype and (r["K"], r["N"]) == (k, n)]
+            if sel:
+                ax.plot([r["M"] for r in sel], [r["linear graph_ms"] / r["llmint8 t6 graph_ms"] for r in sel],
+                        marker="o", label=f"{k}->{n}")
+        ax.axhline(1.0, color="gray", linestyle="--")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"Linear8bitLt threshold 6 vs {dtype} F.linear (CUDA graph)")
+        ax.set_xlabel("tokens M")
+    axes[0].set_ylabel("speed ratio (higher is better)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--quick", action="store_true", help="fp16 only, M in {1, 16, 2048}")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    dtypes = (torch.float16,) if args.quick else (torch.float16, torch.bfloat16)
+    tokens = (1, 16, 2048) if args.quick else TOKENS
+    rows = [bench(k, n, m, dtype) for dtype in dtypes for k, n in LAYERS for m in tokens]
+    print(f"llmint8 {llmint8.__version__} on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"bitsandbytes {'absent' if bnb is None else bnb.__version__}")
+    print("json:", save_results("bench_linear", rows, args.out))
+    plot(rows, args.out / "bench_linear.png")
+    print_errors(rows)
+    print_table(rows, "eager")
+    print_table(rows, "graph")
+
+
+if __name__ == "__main__":
+    main()

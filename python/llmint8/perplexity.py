@@ -1,0 +1,76 @@
+"""Perplexity of a causal language model over fixed windows moved by a stride (Hugging Face's sliding-window method)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["perplexity", "sliding_window_nll"]
+
+
+def perplexity(model: torch.nn.Module, input_ids: torch.Tensor, window: int, stride: int) -> float:
+    """``exp`` of the mean token negative log-likelihood of ``input_ids`` (1D, or [1, n]).
+
+    Windows of ``window`` tokens start every ``stride`` tokens; each window scores only the tokens
+    no earlier window scored, so every token after the first is counted once, with up to
+    ``window - stride`` tokens of context carried over from before the window.
+    """
+    nll_sum, scored = sliding_window_nll(model, input_ids, window, stride)
+    return math.exp(nll_sum / scored)
+
+
+@torch.no_grad()
+def sliding_window_nll(model: torch.nn.Module, input_ids: torch.Tensor, window: int, stride: int) -> tuple[float, int]:
+    """(sum of token NLLs in nats, number of tokens scored) for ``perplexity``'s windows."""
+    ids = _as_token_row(input_ids)
+    _check_window(window, stride, ids.numel())
+    ids = ids.to(_device_of(model))
+    total = ids.new_zeros((), dtype=torch.float64)
+    scored_until = 1  # the first token has no context, so it is never scored
+    for begin in range(0, ids.numel(), stride):
+        end = min(begin + window, ids.numel())
+        # A window cannot score its own first token; with stride == window that token is skipped.
+        first_target = max(scored_until, begin + 1)
+        logits = model(ids[None, begin:end]).logits[0]
+        # logits[i] predicts token begin + i + 1.
+        predicting = logits[first_target - begin - 1:end - begin - 1].float()
+        total += F.cross_entropy(predicting, ids[first_target:end], reduction="sum")
+        scored_until = end
+        if end == ids.numel():
+            break
+    return total.item(), _count_scored(ids.numel(), window, stride)
+
+
+def _count_scored(length: int, window: int, stride: int) -> int:
+    # Recomputed from the window plan rather than accumulated, so the loop never reads the device.
+    scored, scored_until = 0, 1
+    for begin in range(0, length, stride):
+        end = min(begin + window, length)
+        scored += end - max(scored_until, begin + 1)
+        scored_until = end
+        if end == length:
+            break
+    return scored
+
+
+def _as_token_row(input_ids: torch.Tensor) -> torch.Tensor:
+    if input_ids.dim() == 2 and input_ids.shape[0] == 1:
+        return input_ids[0]
+    if input_ids.dim() != 1:
+        raise ValueError(f"input_ids must be 1D or [1, n], got shape {list(input_ids.shape)}")
+    return input_ids
+
+
+def _check_window(window: int, stride: int, length: int) -> None:
+    if window < 2:
+        raise ValueError(f"window must be >= 2 tokens, got {window}")
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride must be between 1 and window ({window}), got {stride}")
+    if length < 2:
+        raise ValueError(f"perplexity needs at least 2 tokens, got {length}")
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
