@@ -34,9 +34,9 @@ def bench_layer(k: int, n: int, m: int, dtype) -> dict:
         "int8_matmul_ms": median_ms(lambda: ops.int8_matmul(x_int8, w_int8)),
         "dequant_outer_ms": median_ms(lambda: ops.dequant_outer(acc, x_absmax, w_absmax, None, dtype)),
         "composed_t6_ms": median_ms(
-            lambda: ops.int8_linear(x, w_int8, w_absmax, None, THRESHOLD)),
+            lambda: ops.int8_linear_composed(x, w_int8, w_absmax, None, THRESHOLD)),
         "composed_t0_ms": median_ms(
-            lambda: ops.int8_linear(x, w_int8, w_absmax, None, 0.0, capacity=0)),
+            lambda: ops.int8_linear_composed(x, w_int8, w_absmax, None, 0.0, capacity=0)),
     }
 
 

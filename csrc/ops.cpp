@@ -25,6 +25,9 @@ TORCH_LIBRARY(llmint8, m) {
   m.def("int8_matmul(Tensor a, Tensor b) -> Tensor");
   // acc int32 [*, N] -> acc * (row_absmax ⊗ col_absmax) / 127^2 + bias, computed in fp32,
   // returned in out_dtype (float16, bfloat16 or float32).
+  // The LLM.int8 layer in one call (the five ops' composition, with the dequantization, bias and
+  // 16-bit outlier product fused into one epilogue): x [*, K] @ W^T + bias in x's dtype.
+  m.def("int8_linear(Tensor x, Tensor weight_int8, Tensor weight_absmax, Tensor? bias, float threshold, int capacity) -> Tensor");
   // Fast path beside the five ops: x [*, K] (16-bit or fp32) times the int8 weight, without
   // quantizing x: (x @ weight_int8^T) * weight_absmax / 127 + bias, accumulated in fp32, in x's
   // dtype. Strictly more accurate than the LLM.int8 decomposition; used for small batches.

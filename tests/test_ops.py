@@ -380,3 +380,36 @@ def test_int8_weight_linear_3d_and_bad_input(device):
     with pytest.raises(RuntimeError, match="weight_absmax must have shape"):
         ops.int8_weight_linear(x, w_int8, w_absmax[:3])
     torch.library.opcheck(torch.ops.llmint8.int8_weight_linear, (x, w_int8, w_absmax, None))
+
+
+# ---- int8_linear (the fused LLM.int8 layer) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (1, 3), (17, 172), (300, 256), (2, 9, 64)])
+@pytest.mark.parametrize("threshold,capacity", [(THRESHOLD, 8), (THRESHOLD, 1), (0.0, 8), (THRESHOLD, 0)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_int8_linear_equals_the_composed_five_ops(shape, threshold, capacity, with_bias, dtype, device):
+    k = shape[-1]
+    x = random_activations(shape, dtype, device, outlier_cols=[c for c in (0, k // 2, k - 1) if c < k])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(33, k, device=device))
+    bias = torch.randn(33, device=device).to(dtype) if with_bias else None
+    fused = ops.int8_linear(x, w_int8, w_absmax, bias, threshold, capacity)
+    composed = ops.int8_linear_composed(x, w_int8, w_absmax, bias, threshold, capacity)
+    assert fused.dtype == dtype and fused.shape == (*shape[:-1], 33)
+    # Same int8 values and int32 sums; only where the outlier product is rounded differs.
+    scale = composed.abs().max().item() if composed.numel() else 1.0
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(fused.double(), composed.double(), rtol=tolerance, atol=tolerance * scale)
+
+
+def test_fused_int8_linear_opcheck_and_bad_input(device):
+    x = random_activations((5, 64), torch.float16, device, outlier_cols=[7])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(8, 64, device=device))
+    torch.library.opcheck(torch.ops.llmint8.int8_linear, (x, w_int8, w_absmax, None, THRESHOLD, 4))
+    torch.library.opcheck(torch.ops.llmint8.int8_linear, (x, w_int8, w_absmax, torch.randn(8, device=device), 0.0, 4))
+    with pytest.raises(RuntimeError, match="threshold must be a finite number >= 0"):
+        ops.int8_linear(x, w_int8, w_absmax, None, -2.0)
+    with pytest.raises(RuntimeError, match="capacity must be >= 0"):
+        ops.int8_linear(x, w_int8, w_absmax, None, THRESHOLD, -1)
+    with pytest.raises(RuntimeError, match="weight_int8 must be 2D"):
+        ops.int8_linear(x, w_int8[None], w_absmax)

@@ -131,6 +131,29 @@ at::Tensor dequant_outer_cpu(const at::Tensor& acc, const at::Tensor& row_absmax
   return out;
 }
 
+at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight_int8,
+                           const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
+                           double threshold, int64_t capacity) {
+  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
+  check_threshold(threshold);
+  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+  if (threshold == 0.0 || capacity == 0) {
+    const auto quantized = quantize_rows_cpu(x, at::Tensor());
+    const auto acc = int8_matmul_cpu(std::get<0>(quantized), weight_int8);
+    return dequant_outer_cpu(acc, std::get<1>(quantized), weight_absmax, bias, x.scalar_type());
+  }
+  const auto outliers = outlier_split_cpu(x, threshold, capacity);
+  const auto& outlier_cols = std::get<0>(outliers);
+  const auto quantized = quantize_rows_cpu(x, excluded_columns_mask(outlier_cols, x.size(-1)));
+  const auto acc = int8_matmul_cpu(std::get<0>(quantized), weight_int8);
+  // Like the CUDA epilogue: the outlier product joins the dequantized result in fp32, and only
+  // the sum is rounded to x's dtype. Padded slots gather column 0 but meet zeros in x_outliers.
+  const auto out = dequant_outer_cpu(acc, std::get<1>(quantized), weight_absmax, bias, at::kFloat);
+  const auto weight_cols = weight_int8.index_select(1, outlier_cols.clamp_min(0)).to(at::kFloat) *
+                           (weight_absmax / kInt8Max).unsqueeze(1);
+  return (out + at::matmul(std::get<2>(outliers).to(at::kFloat), weight_cols.t())).to(x.scalar_type());
+}
+
 at::Tensor int8_weight_linear_cpu(const at::Tensor& x, const at::Tensor& weight_int8,
                                   const at::Tensor& weight_absmax,
                                   const std::optional<at::Tensor>& bias) {
@@ -147,6 +170,7 @@ TORCH_LIBRARY_IMPL(llmint8, CPU, m) {
   m.impl("int8_matmul", &int8_matmul_cpu);
   m.impl("dequant_outer", &dequant_outer_cpu);
   m.impl("int8_weight_linear", &int8_weight_linear_cpu);
+  m.impl("int8_linear", &int8_linear_cpu);
 }
 
 }  // namespace llmint8

@@ -22,9 +22,11 @@ namespace {
 constexpr int kWarpSize = 32;
 constexpr int kTileRows = 16;          // M rows per mma tile
 constexpr int kTileCols = 8;           // N rows of W per mma tile
-constexpr int kTilesPerWarp = 4;       // N = 32 weight rows per warp: x fragments are reused 4x
-constexpr int kWarpsPerBlock = 8;      // all on the same 32 weight rows, each on its own K slice
-constexpr int kChunk = 64;             // K elements per warp step: 4 lanes x 16 bytes per row
+constexpr int kTilesPerWarp = 2;       // N = 16 weight rows per warp: x fragments are reused 2x
+constexpr int kWarpsPerBlock = 8;      // all on the same weight rows, each on its own K slice
+constexpr int kLaneGroups = 4;         // runs of 16 k per lane and step
+constexpr int kLaneBytes = 16 * kLaneGroups;
+constexpr int kChunk = 4 * kLaneBytes; // K elements per warp step: 4 lanes x kLaneBytes per row
 constexpr int kBlockCols = kTileCols * kTilesPerWarp;
 
 // Two int8 (the low or high pair of a 32-bit word) widened to a pair of 16-bit values.
@@ -88,40 +90,51 @@ __device__ __forceinline__ uint32_t word(const uint4 (&v)[2], int i) {
   return words[i];
 }
 
-// The mma sums over its 16 k values in any order, so each lane may own 16 *contiguous* k
-// (one 16-byte load of W, two of x) as long as A and B use the same assignment: in step s of a
-// 64-wide chunk, lane (group g, thread t) supplies physical k = t*16 + s*4 + {0,1} as logical
-// k = t*2 + {0,1} and k = t*16 + s*4 + {2,3} as logical 8 + t*2 + {0,1}.
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// The mma sums over its 16 k values in any order, so each lane may own *contiguous* k as long
+// as A and B use the same assignment. Lane (group g, thread t) owns kLaneGroups runs of 16
+// contiguous k at t*kLaneBytes + c*16: a warp reads 4 x kLaneBytes contiguous bytes of each of
+// its weight rows per step (long DRAM bursts), and in mma step s of run c the lane supplies
+// physical k = ... + s*4 + {0,1} as logical k = t*2 + {0,1} and + s*4 + {2,3} as 8 + t*2 + {0,1}.
 template <typename T>
-__device__ __forceinline__ void accumulate_chunk(const T* __restrict__ x, int64_t m_base,
-                                                 int64_t rows, int64_t k_dim,
-                                                 const int8_t* __restrict__ w_rows,
-                                                 int64_t n_rows_left, int64_t k,
-                                                 float (&acc)[kTilesPerWarp][4]) {
+__device__ __forceinline__ void accumulate_step(const T* __restrict__ x, int64_t m_base,
+                                                int64_t rows, int64_t k_dim,
+                                                const int8_t* __restrict__ w_rows,
+                                                int64_t n_rows_left, int64_t k,
+                                                float (&acc)[kTilesPerWarp][4]) {
   const int lane = threadIdx.x % kWarpSize, group = lane / 4, thread = lane % 4;
-  const int64_t k_lane = k + thread * 16;
-  // K % 16 == 0, so a lane's 16 values lie wholly inside or wholly past the end of K.
-  const bool in_k = k_lane < k_dim;
-  uint4 x_low[2], x_high[2];
-  load_activations(x + (m_base + group) * k_dim + k_lane, in_k && m_base + group < rows, x_low);
-  load_activations(x + (m_base + group + 8) * k_dim + k_lane, in_k && m_base + group + 8 < rows,
-                   x_high);
-  uint4 w[kTilesPerWarp];
+  const int64_t k_lane = k + thread * kLaneBytes;
+  uint4 w[kTilesPerWarp][kLaneGroups];
 #pragma unroll
   for (int tile = 0; tile < kTilesPerWarp; ++tile) {
     const int64_t n = tile * kTileCols + group;
-    w[tile] = in_k && n < n_rows_left
-                  ? __ldg(reinterpret_cast<const uint4*>(w_rows + n * k_dim + k_lane))
-                  : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int c = 0; c < kLaneGroups; ++c) {
+      // K % 16 == 0, so each run of 16 lies wholly inside or wholly past the end of K.
+      const bool valid = n < n_rows_left && k_lane + c * 16 < k_dim;
+      w[tile][c] = valid ? __ldg(reinterpret_cast<const uint4*>(w_rows + n * k_dim + k_lane) + c)
+                         : make_uint4(0, 0, 0, 0);
+    }
   }
 #pragma unroll
-  for (int step = 0; step < 4; ++step) {
-    const uint32_t a[4] = {word(x_low, 2 * step), word(x_high, 2 * step),
-                           word(x_low, 2 * step + 1), word(x_high, 2 * step + 1)};
+  for (int c = 0; c < kLaneGroups; ++c) {
+    const int64_t k_run = k_lane + c * 16;
+    uint4 x_low[2], x_high[2];
+    load_activations(x + (m_base + group) * k_dim + k_run, k_run < k_dim && m_base + group < rows, x_low);
+    load_activations(x + (m_base + group + 8) * k_dim + k_run, k_run < k_dim && m_base + group + 8 < rows,
+                     x_high);
 #pragma unroll
-    for (int tile = 0; tile < kTilesPerWarp; ++tile) {
-      const uint32_t packed = step == 0 ? w[tile].x : step == 1 ? w[tile].y : step == 2 ? w[tile].z : w[tile].w;
-      mma_16x8x16<T>(acc[tile], a, Widen<T>::pair(packed, false), Widen<T>::pair(packed, true));
+    for (int step = 0; step < 4; ++step) {
+      const uint32_t a[4] = {word(x_low, 2 * step), word(x_high, 2 * step),
+                             word(x_low, 2 * step + 1), word(x_high, 2 * step + 1)};
+#pragma unroll
+      for (int tile = 0; tile < kTilesPerWarp; ++tile) {
+        const uint32_t packed = word(w[tile][c], step);
+        mma_16x8x16<T>(acc[tile], a, Widen<T>::pair(packed, false), Widen<T>::pair(packed, true));
+      }
     }
   }
 }
@@ -145,7 +158,7 @@ int8_weight_linear_kernel(const T* __restrict__ x, int64_t rows, int64_t k_dim,
 
   float acc[kTilesPerWarp][4] = {};
   for (int64_t k = k_begin + warp * kChunk; k < k_end; k += kWarpsPerBlock * kChunk) {
-    accumulate_chunk(x, m_base, rows, k_dim, w + n_base * k_dim, n_dim - n_base, k, acc);
+    accumulate_step(x, m_base, rows, k_dim, w + n_base * k_dim, n_dim - n_base, k, acc);
   }
   const int group = lane / 4, thread = lane % 4;
 #pragma unroll

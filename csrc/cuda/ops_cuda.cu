@@ -241,6 +241,94 @@ at::Tensor dequant_outer_cuda(const at::Tensor& acc, const at::Tensor& row_absma
   return out;
 }
 
+// w_cols_t [capacity, N] fp32: the weight columns named by outlier_cols, dequantized (zero for
+// padded slots), transposed so the epilogue reads them coalesced along N.
+__global__ void gather_weight_columns_kernel(const int8_t* __restrict__ w, int64_t n_dim,
+                                             int64_t k_dim, const float* __restrict__ w_absmax,
+                                             const int32_t* __restrict__ outlier_cols,
+                                             int64_t capacity, float* __restrict__ w_cols_t) {
+  const int64_t total = capacity * n_dim;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t slot = i / n_dim, n = i % n_dim;
+    const int32_t col = outlier_cols[slot];
+    w_cols_t[i] = col >= 0 ? static_cast<float>(w[n * k_dim + col]) * (w_absmax[n] / kInt8Max) : 0.0f;
+  }
+}
+
+// dequant_outer plus the outlier columns' 16-bit product, in one pass over the int32 result.
+// The number of outlier slots used is read on the device, so the host never waits for it.
+template <typename T>
+__global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, int64_t rows,
+                                             int64_t n_dim, const float* __restrict__ row_absmax,
+                                             const float* __restrict__ col_absmax,
+                                             const float* __restrict__ bias,
+                                             const T* __restrict__ x_outliers,
+                                             const float* __restrict__ w_cols_t,
+                                             const int32_t* __restrict__ count, int64_t capacity,
+                                             T* __restrict__ out) {
+  const int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (n >= n_dim) return;
+  const int64_t used = x_outliers ? min(int64_t(*count), capacity) : 0;
+  const float column_scale = col_absmax[n];
+  const float column_bias = bias ? bias[n] : 0.0f;
+  for (int64_t m = blockIdx.y; m < rows; m += gridDim.y) {
+    float value = dequantize_value(acc[m * n_dim + n], row_absmax[m], column_scale, column_bias);
+    for (int64_t slot = 0; slot < used; ++slot) {
+      value += static_cast<float>(x_outliers[m * capacity + slot]) * w_cols_t[slot * n_dim + n];
+    }
+    out[m * n_dim + n] = static_cast<T>(value);
+  }
+}
+
+at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
+                            const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
+                            double threshold, int64_t capacity) {
+  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
+  check_threshold(threshold);
+  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t rows = leading_rows(x), n_dim = weight_int8.size(0), k_dim = weight_int8.size(1);
+  auto out = at::empty(with_last_dim(x, n_dim), x.options());
+  if (out.numel() == 0) return out;
+  const bool split = threshold > 0.0 && capacity > 0;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> outliers;
+  if (split) outliers = outlier_split_cuda(x, threshold, capacity);
+  const at::Tensor& outlier_cols = std::get<0>(outliers);
+  const at::Tensor& count = std::get<1>(outliers);
+  const at::Tensor& x_outliers = std::get<2>(outliers);
+  const auto quantized =
+      quantize_rows_cuda(x, split ? std::optional<at::Tensor>(outlier_cols) : std::nullopt);
+  const at::Tensor& x_int8 = std::get<0>(quantized);
+  const at::Tensor& x_absmax = std::get<1>(quantized);
+  const auto acc = int8_matmul_cuda(x_int8, weight_int8);
+  const auto weight = weight_int8.contiguous();
+  const auto weight_scale = weight_absmax.contiguous();
+  const auto stream = current_stream(x);
+  at::Tensor w_cols_t;
+  if (split) {
+    w_cols_t = at::empty({capacity, n_dim}, x.options().dtype(at::kFloat));
+    gather_weight_columns_kernel<<<grid_stride_blocks(capacity * n_dim), kThreads, 0, stream>>>(
+        weight.const_data_ptr<int8_t>(), n_dim, k_dim, weight_scale.const_data_ptr<float>(),
+        outlier_cols.const_data_ptr<int32_t>(), capacity, w_cols_t.mutable_data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const dim3 grid(blocks_for(n_dim, kThreads), std::min<int64_t>(rows, 65535));
+  LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "int8_linear", [&] {
+    dequant_with_outliers_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        acc.const_data_ptr<int32_t>(), rows, n_dim, x_absmax.const_data_ptr<float>(),
+        weight_scale.const_data_ptr<float>(),
+        bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr,
+        split ? x_outliers.const_data_ptr<scalar_t>() : nullptr,
+        split ? w_cols_t.const_data_ptr<float>() : nullptr,
+        split ? count.const_data_ptr<int32_t>() : nullptr, capacity,
+        out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
 at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
                                    const at::Tensor& weight_absmax,
                                    const std::optional<at::Tensor>& bias) {
@@ -267,6 +355,7 @@ TORCH_LIBRARY_IMPL(llmint8, CUDA, m) {
   m.impl("int8_matmul", &int8_matmul_cuda);
   m.impl("dequant_outer", &dequant_outer_cuda);
   m.impl("int8_weight_linear", &int8_weight_linear_cuda);
+  m.impl("int8_linear", &int8_linear_cuda);
 }
 
 }  // namespace llmint8

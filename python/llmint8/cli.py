@@ -59,11 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_demo_command(commands)
     _add_layer_command(commands)
+    _add_eval_command(commands)
     args = parser.parse_args(argv)
     if args.command == "layer":
         layer_report(args.in_features, args.out_features, args.tokens, args.threshold, args.repeats)
     elif args.command == "demo":
         _run_demo_command(parser, args)
+    elif args.command == "eval":
+        _run_eval_command(parser, args)
 
 
 def _add_demo_command(commands) -> None:
@@ -108,6 +111,57 @@ def _run_demo_command(parser: argparse.ArgumentParser, args: argparse.Namespace)
                  window=args.window, stride=args.stride, max_new_tokens=args.max_new_tokens, prompt=args.prompt)
     except (DemoError, ValueError) as error:
         parser.exit(1, f"llmint8 demo: error: {error}\n")
+
+
+def _add_eval_command(commands) -> None:
+    from .eval.models import MODEL_CHOICES
+    from .eval.runner import DEFAULT_TASKS
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="accuracy of int8 against 16-bit: WikiText-2 perplexity, PIQA, HellaSwag, WinoGrande (zero-shot)",
+        description="Loads a model once in 16-bit (bf16 on a GPU, fp32 on the CPU), converts a copy to int8 per "
+                    "threshold (exact LLM.int8 decomposition) and scores every variant the lm-eval-harness way. "
+                    "Prints a table and outlier statistics; --out-dir also writes report.json/.md/.png.",
+    )
+    evaluate.add_argument("--model", default="stories260k",
+                          help=f"one of {', '.join(MODEL_CHOICES)}, a .gguf file, or a transformers id / folder")
+    evaluate.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS),
+                          help=f"any of {' '.join(DEFAULT_TASKS)} (wikitext = perplexity on --text)")
+    evaluate.add_argument("--thresholds", nargs="+", type=float, default=[0.0, 6.0], help="int8 outlier thresholds")
+    evaluate.add_argument("--include-fast", action="store_true",
+                          help="also evaluate the default module config (exact_decomposition=False) at the largest "
+                               "threshold as 'int8-tN-fast'")
+    evaluate.add_argument("--limit", type=int, default=None, help="first N items of each multiple-choice task")
+    evaluate.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    evaluate.add_argument("--batch-size", type=int, default=None, help="requests per forward (default 64 GPU, 16 CPU)")
+    evaluate.add_argument("--text", default=None, help="text file for perplexity (default: shared WikiText-2 test)")
+    evaluate.add_argument("--ppl-tokens", type=int, default=None, help="first N tokens of the text (default: all)")
+    evaluate.add_argument("--window", type=int, default=None, help="perplexity window (default 1024, capped at context)")
+    evaluate.add_argument("--stride", type=int, default=None, help="perplexity stride (default: window / 2)")
+    evaluate.add_argument("--out-dir", default=None, help="write report.json, report.md and report.png here")
+    evaluate.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def _run_eval_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .demo import DemoError
+    from .eval.report import format_outliers, format_table
+    from .eval.runner import evaluate
+
+    try:
+        report = evaluate(model=args.model, tasks=args.tasks, thresholds=args.thresholds, limit=args.limit,
+                          device=args.device, batch_size=args.batch_size, text=args.text, ppl_tokens=args.ppl_tokens,
+                          window=args.window, stride=args.stride, include_fast=args.include_fast,
+                          progress=not args.no_progress, out_dir=args.out_dir)
+    except (DemoError, ValueError, FileNotFoundError) as error:
+        parser.exit(1, f"llmint8 eval: error: {error}\n")
+    print(f"{report['model']} on {report['device']}, batch {report['batch_size']}"
+          + (f", first {args.limit} items per task" if args.limit else ""))
+    print(format_table(report))
+    print()
+    print(format_outliers(report))
+    if args.out_dir:
+        print(f"\nwrote report.json, report.md, report.png to {args.out_dir}")
 
 
 if __name__ == "__main__":

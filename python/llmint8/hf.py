@@ -21,9 +21,20 @@ Limits of transformers' plug-in API, and what this module does about them:
 - An error inside a conversion op (e.g. a checkpoint with a missing ``SCB``) is caught by
   transformers, logged in its load report, and re-raised as a RuntimeError pointing at that report;
   the ValueError naming the key is in the report.
-- Disk offload is refused: offloaded weights are re-saved and re-materialized by accelerate, whose
-  hooks special-case bitsandbytes' ``Int8Params`` by class name and would reach for attributes
-  this package does not have. CPU placement in a device_map works (the CPU kernels run int8).
+- Offload is refused: a device_map that puts modules on "disk", or on "cpu" next to GPU modules
+  (what ``device_map="auto"`` does with layers that do not fit on the GPUs), raises ValueError.
+  accelerate runs offloaded modules on the GPU, re-materializing their weights in every forward
+  through hooks that special-case bitsandbytes' ``Int8Params``/``Linear8bitLt`` by class name and
+  reach for attributes this package does not have (``module.state``). A model wholly on the CPU
+  (``device_map={"": "cpu"}``, or ``"auto"`` on a machine without a GPU) is not offloaded: the
+  CPU kernels run it in int8.
+
+Multi-GPU (``device_map="auto"``/``"balanced"``/``"sequential"``, with ``max_memory``):
+transformers sizes modules through ``HfQuantizer.param_element_size`` (5.17 and 5.2x alike; there is
+no ``adjust_target_dtype`` in transformers 5), so an int8 layer counts its int8 weight plus its
+fp32 SCB, not 16 bits per weight, and about twice as many decoder layers fit per GPU.
+``adjust_max_memory`` keeps 10% of each GPU's budget free (as bitsandbytes does) for the 16-bit
+copy of the weight being quantized while loading, and for activations.
 """
 from __future__ import annotations
 
@@ -48,6 +59,7 @@ from .nn import (
     check_int8_checkpoint,
     check_outlier_capacity,
     check_threshold,
+    int8_weight_bytes,
     replace_8bit_linear,
 )
 
@@ -131,11 +143,39 @@ class Int8HfQuantizer(HfQuantizer):
     def quantized_element_size(self) -> float:
         return 1
 
+    def param_element_size(self, model, param_name: str, param: torch.Tensor) -> float:
+        # What transformers' device-map sizing (compute_module_sizes, caching_allocator_warmup)
+        # counts per element. The weights of Linear8bitLt are 16/32-bit meta placeholders here:
+        # count the int8 weight plus its fp32 SCB (4 bytes per output row) instead.
+        module, name = get_module_from_name(model, param_name)
+        if name == "weight" and isinstance(module, Linear8bitLt) and not module.has_fp16_weights:
+            return int8_weight_bytes(module) / param.numel()
+        return param.element_size()
+
+    def adjust_max_memory(self, max_memory: dict) -> dict:
+        # Headroom on each GPU for the 16-bit weight being quantized while loading and for the
+        # activations; the CPU's budget is left as it is.
+        return {key: value if key in ("cpu", "disk") else value * 0.90 for key, value in max_memory.items()}
+
     def validate_environment(self, *args, device_map=None, **kwargs):
-        if isinstance(device_map, dict) and "disk" in device_map.values():
+        # Called with the caller's device_map, and again with the one inferred for "auto" & co.
+        if not isinstance(device_map, dict):
+            return
+        places = {str(place) for place in device_map.values()}
+        if "disk" in places:
             raise ValueError(
-                "device_map places modules on 'disk', which llmint8 does not support; "
-                "use GPU and/or CPU placements (the CPU kernels run int8 too)"
+                "device_map places modules on 'disk', which llmint8 does not support (no offload of "
+                "int8 layers); use GPU placements, or device_map={'': 'cpu'} to run the whole model on "
+                "the CPU (the CPU kernels run int8 too)"
+            )
+        if "cpu" in places and places - {"cpu"}:
+            on_cpu = [name or "<the whole model>" for name, place in device_map.items() if str(place) == "cpu"]
+            raise ValueError(
+                f"device_map places {len(on_cpu)} module(s) on the CPU next to GPU modules "
+                f"({', '.join(on_cpu[:3])}{', ...' if len(on_cpu) > 3 else ''}): llmint8 does not support "
+                "CPU offload (accelerate would run those layers on the GPU through hooks written for "
+                "bitsandbytes). The int8 model does not fit in the GPU memory given: raise max_memory or "
+                "use more GPUs, or run the whole model on the CPU with device_map={'': 'cpu'}"
             )
 
     def update_device_map(self, device_map):

@@ -1,5 +1,11 @@
 """LLM.int8 modules: Int8Params, Linear8bitLt, replace_8bit_linear and model_memory_bytes.
 
+Placement over several devices (accelerate): ``int8_module_sizes`` gives the bytes of every module
+of a converted model, meta or real, with int8 layers counted as int8 + fp32 SCB; for
+``accelerate.infer_auto_device_map`` pass ``special_dtypes=int8_special_dtypes(model)`` so a meta
+model's 16-bit placeholders count as int8 (see their docstrings). ``from_pretrained`` needs
+neither: ``llmint8.hf``'s quantizer sizes the layers for transformers.
+
 When a weight becomes int8 (one rule everywhere):
 - An ``Int8Params`` with ``has_fp16_weights=False`` is quantized when it is put on a device
   (``.to(device)``, ``.cuda()``, ``.cpu()``, which includes ``module.to(device)``), or by
@@ -29,6 +35,8 @@ from . import ops
 __all__ = [
     "Int8Params",
     "Linear8bitLt",
+    "int8_module_sizes",
+    "int8_special_dtypes",
     "model_memory_bytes",
     "replace_8bit_linear",
 ]
@@ -533,3 +541,73 @@ def model_memory_bytes(model: nn.Module) -> int:
     tensors = [*model.parameters(), *model.buffers()]
     scales = [p.SCB for p in model.parameters() if isinstance(p, Int8Params) and p.is_quantized]
     return sum(t.numel() * t.element_size() for t in tensors + scales)
+
+
+# ----------------------------------------------------------------------------------------------
+# Placement (accelerate device maps)
+# ----------------------------------------------------------------------------------------------
+
+
+def _holds_int8(module: nn.Module) -> bool:
+    """Whether ``module``'s weight is (or becomes, once put on a device) int8 + SCB."""
+    return isinstance(module, Linear8bitLt) and not module.has_fp16_weights
+
+
+def int8_weight_bytes(module: Linear8bitLt) -> int:
+    """Bytes of an int8 Linear8bitLt weight once quantized: int8 [out, in] plus fp32 SCB [out]."""
+    return module.out_features * module.in_features + 4 * module.out_features
+
+
+def int8_module_sizes(model: nn.Module, dtype: Optional[torch.dtype] = None) -> dict[str, int]:
+    """Bytes each module and tensor of a converted model takes once its int8 layers are quantized.
+
+    The keys follow ``accelerate.utils.compute_module_sizes``: ``""`` for the whole model, every
+    module's dotted name, and every parameter/buffer name, plus ``"<layer>.SCB"`` for the scales of
+    each int8 layer. A ``Linear8bitLt`` weight counts int8 bytes plus its fp32 SCB, whether it is
+    already int8 or still a 16/32-bit placeholder (e.g. on the meta device, after
+    ``replace_8bit_linear`` under ``init_empty_weights``). Other floating tensors count their own
+    size, or ``dtype``'s where that is smaller (as accelerate does); integer tensors their own.
+    Tied weights count once, also before a transformers model on meta is tied.
+    """
+    dtype_size = None if dtype is None else torch.empty(0, dtype=dtype).element_size()
+    sizes: dict[str, int] = {}
+
+    def add(name: str, size: int) -> None:
+        parts = name.split(".")
+        for idx in range(len(parts) + 1):
+            key = ".".join(parts[:idx])
+            sizes[key] = sizes.get(key, 0) + size
+
+    int8_weights = {
+        f"{name}.weight" if name else "weight": module
+        for name, module in model.named_modules() if _holds_int8(module)
+    }
+    # A transformers model built on meta is not tied yet: count its tied copies once (as transformers does).
+    tied = set(getattr(model, "all_tied_weights_keys", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        module = int8_weights.get(name)
+        if name in tied:
+            continue
+        if module is not None:
+            add(name, module.out_features * module.in_features)
+            add(name[: -len("weight")] + "SCB", 4 * module.out_features)
+        elif dtype_size is not None and tensor.is_floating_point():
+            add(name, tensor.numel() * min(dtype_size, tensor.element_size()))
+        else:
+            add(name, tensor.numel() * tensor.element_size())
+    return sizes
+
+
+def int8_special_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
+    """``{"<layer>.weight": torch.int8}`` for every int8 Linear8bitLt, for accelerate's ``special_dtypes``.
+
+    ``accelerate.infer_auto_device_map(model, max_memory, no_split_module_classes=...,
+    special_dtypes=int8_special_dtypes(model))`` then sizes the int8 layers of a converted model by
+    their int8 bytes also where the weights are still 16/32-bit placeholders (a meta model).
+    accelerate counts only parameters and buffers, so the fp32 SCB scales (4 bytes per output row,
+    ``4 / in_features`` of the int8 weight) are not in its sums: ``int8_module_sizes`` has them.
+    """
+    return {
+        f"{name}.weight" if name else "weight": torch.int8
+        for name, module in model.named_modules() if _holds_int8(module)
+    }

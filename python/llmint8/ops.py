@@ -95,7 +95,24 @@ def int8_linear(
     threshold: float = 6.0,
     capacity: int = DEFAULT_OUTLIER_CAPACITY,
 ) -> torch.Tensor:
-    """The LLM.int8 layer composed from the five ops: ``x @ W.T + bias`` in ``x``'s dtype.
+    """The LLM.int8 layer ``x @ W.T + bias`` in ``x``'s dtype, as one fused op.
+
+    Computes what ``int8_linear_composed`` computes from the five ops, with one launch sequence
+    from C++ and the dequantization, bias and 16-bit outlier product fused into one pass; the
+    outlier product is added in fp32 before the single rounding to ``x``'s dtype.
+    """
+    return _ops.int8_linear(x, weight_int8, weight_absmax, bias, float(threshold), int(capacity))
+
+
+def int8_linear_composed(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_absmax: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    threshold: float = 6.0,
+    capacity: int = DEFAULT_OUTLIER_CAPACITY,
+) -> torch.Tensor:
+    """The LLM.int8 layer composed from the five ops: ``x @ W.T + bias`` in ``x``'s dtype (reference).
 
     Outlier columns of ``x`` (a fixed ``capacity`` of them, padded, so shapes never depend on data
     and no host sync happens) multiply the matching weight columns dequantized in fp32 and cast to
@@ -167,6 +184,15 @@ def _int8_matmul_fake(a, b):
 
 @torch.library.register_fake("llmint8::int8_weight_linear")
 def _int8_weight_linear_fake(x, weight_int8, weight_absmax, bias=None):
+    torch._check(
+        x.shape[-1] == weight_int8.shape[1],
+        lambda: f"x's last dimension (K = {x.shape[-1]}) must equal weight_int8's second dimension",
+    )
+    return x.new_empty((*x.shape[:-1], weight_int8.shape[0]))
+
+
+@torch.library.register_fake("llmint8::int8_linear")
+def _int8_linear_fake(x, weight_int8, weight_absmax, bias, threshold, capacity):
     torch._check(
         x.shape[-1] == weight_int8.shape[1],
         lambda: f"x's last dimension (K = {x.shape[-1]}) must equal weight_int8's second dimension",

