@@ -22,9 +22,9 @@ namespace {
 constexpr int kWarpSize = 32;
 constexpr int kTileRows = 16;          // M rows per mma tile
 constexpr int kTileCols = 8;           // N rows of W per mma tile
-constexpr int kTilesPerWarp = 2;       // N = 16 weight rows per warp: x fragments are reused 2x
-constexpr int kWarpsPerBlock = 8;      // all on the same weight rows, each on its own K slice
-constexpr int kLaneGroups = 4;         // runs of 16 k per lane and step
+constexpr int kTilesPerWarp = 4;       // N = 32 weight rows per warp: x fragments are reused 4x
+constexpr int kWarpsPerBlock = 4;      // all on the same weight rows, each on its own K slice
+constexpr int kLaneGroups = 2;         // runs of 16 k per lane and step
 constexpr int kLaneBytes = 16 * kLaneGroups;
 constexpr int kChunk = 4 * kLaneBytes; // K elements per warp step: 4 lanes x kLaneBytes per row
 constexpr int kBlockCols = kTileCols * kTilesPerWarp;
@@ -94,20 +94,17 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
 
+using WeightFragments = uint4[kTilesPerWarp][kLaneGroups];
+
 // The mma sums over its 16 k values in any order, so each lane may own *contiguous* k as long
 // as A and B use the same assignment. Lane (group g, thread t) owns kLaneGroups runs of 16
 // contiguous k at t*kLaneBytes + c*16: a warp reads 4 x kLaneBytes contiguous bytes of each of
 // its weight rows per step (long DRAM bursts), and in mma step s of run c the lane supplies
 // physical k = ... + s*4 + {0,1} as logical k = t*2 + {0,1} and + s*4 + {2,3} as 8 + t*2 + {0,1}.
-template <typename T>
-__device__ __forceinline__ void accumulate_step(const T* __restrict__ x, int64_t m_base,
-                                                int64_t rows, int64_t k_dim,
-                                                const int8_t* __restrict__ w_rows,
-                                                int64_t n_rows_left, int64_t k,
-                                                float (&acc)[kTilesPerWarp][4]) {
+__device__ __forceinline__ void load_weights(const int8_t* __restrict__ w_rows, int64_t n_rows_left,
+                                             int64_t k_dim, int64_t k, WeightFragments& w) {
   const int lane = threadIdx.x % kWarpSize, group = lane / 4, thread = lane % 4;
   const int64_t k_lane = k + thread * kLaneBytes;
-  uint4 w[kTilesPerWarp][kLaneGroups];
 #pragma unroll
   for (int tile = 0; tile < kTilesPerWarp; ++tile) {
     const int64_t n = tile * kTileCols + group;
@@ -119,9 +116,17 @@ __device__ __forceinline__ void accumulate_step(const T* __restrict__ x, int64_t
                          : make_uint4(0, 0, 0, 0);
     }
   }
+}
+
+template <typename T>
+__device__ __forceinline__ void multiply_step(const T* __restrict__ x, int64_t m_base,
+                                              int64_t rows, int64_t k_dim, int64_t k,
+                                              const WeightFragments& w,
+                                              float (&acc)[kTilesPerWarp][4]) {
+  const int lane = threadIdx.x % kWarpSize, group = lane / 4, thread = lane % 4;
 #pragma unroll
   for (int c = 0; c < kLaneGroups; ++c) {
-    const int64_t k_run = k_lane + c * 16;
+    const int64_t k_run = k + thread * kLaneBytes + c * 16;
     uint4 x_low[2], x_high[2];
     load_activations(x + (m_base + group) * k_dim + k_run, k_run < k_dim && m_base + group < rows, x_low);
     load_activations(x + (m_base + group + 8) * k_dim + k_run, k_run < k_dim && m_base + group + 8 < rows,
@@ -157,8 +162,21 @@ int8_weight_linear_kernel(const T* __restrict__ x, int64_t rows, int64_t k_dim,
   const int64_t k_end = min(k_dim, k_begin + k_per_split);
 
   float acc[kTilesPerWarp][4] = {};
-  for (int64_t k = k_begin + warp * kChunk; k < k_end; k += kWarpsPerBlock * kChunk) {
-    accumulate_step(x, m_base, rows, k_dim, w + n_base * k_dim, n_dim - n_base, k, acc);
+  const int8_t* w_rows = w + n_base * k_dim;
+  const int64_t stride = kWarpsPerBlock * kChunk;
+  // Double buffering: the next step's weights are in flight while this step multiplies, so each
+  // warp keeps memory busy instead of alternating between waiting and computing.
+  WeightFragments current, next;
+  int64_t k = k_begin + warp * kChunk;
+  if (k < k_end) load_weights(w_rows, n_dim - n_base, k_dim, k, current);
+  for (; k < k_end; k += stride) {
+    if (k + stride < k_end) load_weights(w_rows, n_dim - n_base, k_dim, k + stride, next);
+    multiply_step(x, m_base, rows, k_dim, k, current, acc);
+#pragma unroll
+    for (int tile = 0; tile < kTilesPerWarp; ++tile) {
+#pragma unroll
+      for (int c = 0; c < kLaneGroups; ++c) current[tile][c] = next[tile][c];
+    }
   }
   const int group = lane / 4, thread = lane % 4;
 #pragma unroll

@@ -256,6 +256,11 @@ __global__ void gather_weight_columns_kernel(const int8_t* __restrict__ w, int64
   }
 }
 
+// Rows per thread in the fused epilogue: each weight-column value is loaded once into a register
+// and reused for this many rows, instead of once per output element.
+constexpr int kEpilogueRows = 16;
+constexpr int kSlotsPerPass = 8;
+
 // dequant_outer plus the outlier columns' 16-bit product, in one pass over the int32 result.
 // The number of outlier slots used is read on the device, so the host never waits for it.
 template <typename T>
@@ -272,12 +277,37 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
   const int64_t used = x_outliers ? min(int64_t(*count), capacity) : 0;
   const float column_scale = col_absmax[n];
   const float column_bias = bias ? bias[n] : 0.0f;
-  for (int64_t m = blockIdx.y; m < rows; m += gridDim.y) {
-    float value = dequantize_value(acc[m * n_dim + n], row_absmax[m], column_scale, column_bias);
-    for (int64_t slot = 0; slot < used; ++slot) {
-      value += static_cast<float>(x_outliers[m * capacity + slot]) * w_cols_t[slot * n_dim + n];
+  for (int64_t m_base = blockIdx.y * int64_t(kEpilogueRows); m_base < rows;
+       m_base += int64_t(gridDim.y) * kEpilogueRows) {
+    const int row_count = static_cast<int>(min(int64_t(kEpilogueRows), rows - m_base));
+    float value[kEpilogueRows];
+#pragma unroll
+    for (int i = 0; i < kEpilogueRows; ++i) {
+      const int64_t m = m_base + i;
+      value[i] = i < row_count ? dequantize_value(acc[m * n_dim + n], row_absmax[m], column_scale,
+                                                  column_bias)
+                               : 0.0f;
     }
-    out[m * n_dim + n] = static_cast<T>(value);
+    for (int64_t first = 0; first < used; first += kSlotsPerPass) {
+      float weight[kSlotsPerPass];
+#pragma unroll
+      for (int j = 0; j < kSlotsPerPass; ++j) {
+        weight[j] = first + j < used ? w_cols_t[(first + j) * n_dim + n] : 0.0f;
+      }
+#pragma unroll
+      for (int i = 0; i < kEpilogueRows; ++i) {
+        if (i >= row_count) break;
+        const T* x_row = x_outliers + (m_base + i) * capacity + first;
+#pragma unroll
+        for (int j = 0; j < kSlotsPerPass; ++j) {
+          if (first + j < used) value[i] += static_cast<float>(x_row[j]) * weight[j];
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kEpilogueRows; ++i) {
+      if (i < row_count) out[(m_base + i) * n_dim + n] = static_cast<T>(value[i]);
+    }
   }
 }
 
@@ -314,7 +344,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  const dim3 grid(blocks_for(n_dim, kThreads), std::min<int64_t>(rows, 65535));
+  const dim3 grid(blocks_for(n_dim, kThreads), std::min<int64_t>(blocks_for(rows, kEpilogueRows), 65535));
   LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "int8_linear", [&] {
     dequant_with_outliers_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
         acc.const_data_ptr<int32_t>(), rows, n_dim, x_absmax.const_data_ptr<float>(),
