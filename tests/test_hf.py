@@ -72,7 +72,7 @@ def test_from_pretrained_quantizes_and_save_reload_is_identical(saved_fp32_model
     fp32_model, path = saved_fp32_model
     model = load_int8(path)
     int8_layers = [m for m in model.modules() if isinstance(m, Linear8bitLt)]
-    assert int8_layers and all(layer.weight.is_quantized for layer in int8_layers)
+    assert int8_layers and all(layer.weight.holds_int8 for layer in int8_layers)
     assert not isinstance(model.get_output_embeddings(), Linear8bitLt)
     expected = logits(fp32_model)
     assert ((logits(model) - expected).norm() / expected.norm()) < 5e-2
@@ -92,7 +92,7 @@ def test_from_pretrained_quantizes_and_save_reload_is_identical(saved_fp32_model
     reloaded_layers = [m for m in reloaded.modules() if isinstance(m, Linear8bitLt)]
     assert len(reloaded_layers) == len(int8_layers)
     for layer in reloaded_layers:
-        assert layer.weight.is_quantized and layer.weight.SCB.dtype == torch.float32
+        assert layer.weight.holds_int8 and layer.weight.SCB.dtype == torch.float32
         assert layer.weight.device == layer.weight.SCB.device == reloaded.device
     assert torch.equal(logits(reloaded), logits(model))
     assert torch.equal(greedy(reloaded), tokens)

@@ -143,7 +143,7 @@ def test_device_map_auto_on_a_cpu_budget_loads_int8_on_the_cpu(saved_opt):
                                                  **budget).eval()
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     layers = int8_layers(model)
-    assert layers and all(m.weight.is_quantized and m.weight.device.type == "cpu" for m in layers.values())
+    assert layers and all(m.weight.holds_int8 and m.weight.device.type == "cpu" for m in layers.values())
     reference = AutoModelForCausalLM.from_pretrained(saved_opt, quantization_config=Int8Config(),
                                                      device_map={"": "cpu"}).eval()
     prompt = torch.tensor([[2, 7, 11, 19, 23, 5]])
@@ -205,7 +205,7 @@ def test_from_pretrained_split_over_two_gpus_equals_one_gpu(saved_fp16_opt):
                                                  **load).eval()
     assert set(split.hf_device_map.values()) == {0, 1}, split.hf_device_map
     for layer in int8_layers(split).values():
-        assert layer.weight.is_quantized and layer.weight.SCB.device == layer.weight.device
+        assert layer.weight.holds_int8 and layer.weight.SCB.device == layer.weight.device
     prompts = torch.randint(4, 1000, (3, 10))
     single_logits, single_tokens = outputs(single, prompts)
     split_logits, split_tokens = outputs(split, prompts)

@@ -38,7 +38,7 @@ def quantized_layer(in_features=64, out_features=48, bias=True, **kwargs):
 
 
 def assert_same_int8(a: Int8Params, b: Int8Params):
-    assert a.is_quantized and b.is_quantized
+    assert a.holds_int8 and b.holds_int8
     assert a.dtype == b.dtype == torch.int8 and a.SCB.dtype == b.SCB.dtype == torch.float32
     assert torch.equal(a.data.cpu(), b.data.cpu()) and torch.equal(a.SCB.cpu(), b.SCB.cpu())
 
@@ -53,19 +53,19 @@ def relative_error(actual, expected):
 def test_int8params_keeps_float_weight_until_put_on_a_device():
     weight = torch.randn(8, 16)
     param = Int8Params(weight)
-    assert not param.is_quantized and param.CB is None and param.dtype == torch.float32
-    assert not param.to(torch.float16).is_quantized, "a dtype-only .to() must not quantize"
-    assert not param.to("meta").is_quantized
+    assert not param.holds_int8 and param.CB is None and param.dtype == torch.float32
+    assert not param.to(torch.float16).holds_int8, "a dtype-only .to() must not quantize"
+    assert not param.to("meta").holds_int8
     moved = param.to("cpu")
     expected_cb, expected_scb = ops.quantize_colwise(weight)
-    assert moved.is_quantized and not moved.requires_grad
+    assert moved.holds_int8 and not moved.requires_grad
     assert torch.equal(moved.CB, expected_cb) and torch.equal(moved.SCB, expected_scb)
-    assert not param.is_quantized, ".to() returns a new parameter and leaves the original alone"
+    assert not param.holds_int8, ".to() returns a new parameter and leaves the original alone"
 
 
 def test_quantize_is_explicit_and_idempotent():
     param = Int8Params(torch.randn(8, 16), requires_grad=True)
-    assert param.quantize_() is param and param.is_quantized and not param.requires_grad
+    assert param.quantize_() is param and param.holds_int8 and not param.requires_grad
     cb = param.data
     param.quantize_()
     assert param.data is cb or torch.equal(param.data, cb)
@@ -73,7 +73,7 @@ def test_quantize_is_explicit_and_idempotent():
 
 def test_has_fp16_weights_params_never_quantize_on_move():
     param = Int8Params(torch.randn(8, 16), has_fp16_weights=True)
-    assert param.requires_grad and not param.cpu().is_quantized
+    assert param.requires_grad and not param.cpu().holds_int8
     with pytest.raises(ValueError, match="has_fp16_weights"):
         param.quantize_()
 
@@ -262,7 +262,7 @@ def test_has_fp16_weights_trains_its_master_weight():
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert not layer.weight.is_quantized and layer.weight.dtype == torch.float32
+    assert not layer.weight.holds_int8 and layer.weight.dtype == torch.float32
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -300,7 +300,7 @@ def test_bitsandbytes_state_dict_loads_on_a_fresh_cpu_module():
     state = bitsandbytes_state_dict()
     layer = Linear8bitLt(64, 48)  # float, on CPU, never moved: no .cuda() needed
     layer.load_state_dict(state)
-    assert layer.weight.is_quantized
+    assert layer.weight.holds_int8
     assert torch.equal(layer.weight.data, state["weight"]) and torch.equal(layer.weight.SCB, state["SCB"])
     x = torch.randn(3, 64)
     expected = ops.int8_weight_linear(x, state["weight"], state["SCB"], state["bias"])
@@ -403,7 +403,7 @@ def test_replace_converts_and_quantizes_a_loaded_model():
     assert converted == EXPECTED_CONVERTED
     for name in converted:
         layer = model.get_submodule(name)
-        assert isinstance(layer, Linear8bitLt) and layer.weight.is_quantized
+        assert isinstance(layer, Linear8bitLt) and layer.weight.holds_int8
     assert type(model.lm_head) is nn.Linear, "lm_head is skipped by default"
     assert type(model.decoder_out) is nn.Linear, "a Linear tied to an embedding is skipped"
     assert model.decoder_out.weight is model.embed.weight
@@ -429,10 +429,10 @@ def test_replace_on_meta_allocates_nothing():
     assert converted == ["blocks.0.0", "blocks.0.2"]
     assert all(p.device.type == "meta" for p in model.parameters())
     layer = model.blocks[0][0]
-    assert isinstance(layer, Linear8bitLt) and not layer.weight.is_quantized
+    assert isinstance(layer, Linear8bitLt) and not layer.weight.holds_int8
     # A 16-bit checkpoint then quantizes on arrival, on the checkpoint's device.
     layer.load_state_dict({"weight": torch.randn(32, 16), "bias": torch.zeros(32)}, assign=True)
-    assert layer.weight.is_quantized and layer.weight.device.type == "cpu"
+    assert layer.weight.holds_int8 and layer.weight.device.type == "cpu"
 
 
 def test_replace_twice_raises_and_leaves_the_model_unchanged():

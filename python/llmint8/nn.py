@@ -160,17 +160,19 @@ class Int8Params(nn.Parameter):
         return param
 
     @property
-    def is_quantized(self) -> bool:
+    def holds_int8(self) -> bool:
+        # Not named is_quantized: that is torch.Tensor's flag for its own quantized dtypes, and
+        # fake tensors (torch.compile) refuse tensors that set it.
         return self.SCB is not None
 
     @property
     def CB(self) -> Optional[torch.Tensor]:  # noqa: N802  (bitsandbytes' name)
         """The int8 weight [out, in] (the parameter's data), or None before quantization."""
-        return self.data if self.is_quantized else None
+        return self.data if self.holds_int8 else None
 
     def quantize_(self) -> "Int8Params":
         """Quantize in place (per output row absmax, ``ops.quantize_colwise``); no-op once quantized."""
-        if self.is_quantized:
+        if self.holds_int8:
             return self
         if self.has_fp16_weights:
             raise ValueError(
@@ -190,7 +192,7 @@ class Int8Params(nn.Parameter):
 
     def to(self, *args, **kwargs) -> "Int8Params":
         device, _, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
-        if self.is_quantized:
+        if self.holds_int8:
             return self._moved(device, non_blocking)
         converted = Int8Params(super().to(*args, **kwargs), self.requires_grad, self.has_fp16_weights)
         if device is not None and device.type != "meta" and not self.has_fp16_weights:
@@ -216,9 +218,9 @@ class Int8Params(nn.Parameter):
         ``Module._apply`` would keep only ``converted``'s data and drop freshly computed scales;
         SCB stays float32 whatever ``fn`` does to floating tensors (e.g. ``module.half()``).
         """
-        if isinstance(converted, Int8Params) and converted.is_quantized:
+        if isinstance(converted, Int8Params) and converted.holds_int8:
             return converted.data, converted.SCB
-        if not self.is_quantized:
+        if not self.holds_int8:
             return converted.data, None
         scale = fn(self.SCB)
         return converted.data, scale if scale.dtype == torch.float32 else self.SCB.to(scale.device)
@@ -237,7 +239,7 @@ class Int8Params(nn.Parameter):
         return Int8Params, (self.data, self.requires_grad, self.has_fp16_weights, self.SCB)
 
     def __repr__(self) -> str:
-        state = "int8 + SCB" if self.is_quantized else f"{self.dtype}, not yet quantized"
+        state = "int8 + SCB" if self.holds_int8 else f"{self.dtype}, not yet quantized"
         return f"Int8Params({state}, shape={list(self.shape)}, device={self.device})"
 
 
@@ -332,7 +334,7 @@ class Linear8bitLt(nn.Linear):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"input's last dimension must be in_features={self.in_features}, got shape {list(x.shape)}")
         weight = self.weight
-        if weight.is_quantized:
+        if weight.holds_int8:
             weight_int8, weight_absmax, master = weight, weight.SCB, None
         else:
             # A 16/32-bit weight (has_fp16_weights=True, or not yet moved to its device) is
@@ -357,7 +359,7 @@ class Linear8bitLt(nn.Linear):
         with torch.no_grad():
             grad = weight.grad
             self._set_weight(*weight.converted_state(fn(weight), fn))
-            if grad is not None and not self.weight.is_quantized:
+            if grad is not None and not self.weight.holds_int8:
                 self.weight.grad = fn(grad)
         return self
 
@@ -375,7 +377,7 @@ class Linear8bitLt(nn.Linear):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.weight.is_quantized:
+        if self.weight.holds_int8:
             scale = self.weight.SCB
             destination[prefix + "SCB"] = scale if keep_vars else scale.detach()
             destination[prefix + "weight_format"] = torch.tensor(
@@ -539,7 +541,7 @@ def model_memory_bytes(model: nn.Module) -> int:
     Computed from shapes and dtypes, so it also works on meta models without allocating.
     """
     tensors = [*model.parameters(), *model.buffers()]
-    scales = [p.SCB for p in model.parameters() if isinstance(p, Int8Params) and p.is_quantized]
+    scales = [p.SCB for p in model.parameters() if isinstance(p, Int8Params) and p.holds_int8]
     return sum(t.numel() * t.element_size() for t in tensors + scales)
 
 
