@@ -13,4 +13,4 @@ fi
 # the build that matches the platform.
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
 "$PY" -m pip install -q "setuptools>=69" wheel "cmake>=3.28" ninja
-"$PY" -m pip install -q -e "$ROOT[test,hf]" --no-build-isolation
+"$PY" -m pip install -q -e "$ROOT[test,hf,eval]" --no-build-isolation

@@ -67,6 +67,7 @@ def test_model_compiled_fullgraph_on_cuda_matches_eager():
     ids = torch.randint(0, 128, (2, 24), device="cuda")
     with torch.no_grad():
         eager = model(ids, use_cache=False).logits
-        compiled = torch.compile(model, fullgraph=True)
-        torch.testing.assert_close(compiled(ids, use_cache=False).logits, eager, rtol=2e-2, atol=2e-2)
+        compiled = torch.compile(model, fullgraph=True)(ids, use_cache=False).logits
+        # Inductor fuses the fp16 layer norms and softmax differently from eager: compare as a whole.
+        assert ((compiled.float() - eager.float()).norm() / eager.float().norm()).item() < 2e-3
         assert ops.SMALL_BATCH_ROWS < ids.numel()  # the decomposition ran, not only the fast path

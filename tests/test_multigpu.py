@@ -165,9 +165,11 @@ def test_cpu_offload_next_to_gpus_is_refused(saved_opt):
     with pytest.raises(ValueError, match="disk"):
         quantizer.validate_environment(device_map={"model": 0, "lm_head": "disk"})
     if torch.cuda.is_available():
+        # Room on GPU 0 for about one of the two decoder layers (after the quantizer's 10% margin).
+        layer = hf_module_sizes(meta_opt(layers=2), None)[0]["model.decoder.layers.0"]
         with pytest.raises(ValueError, match="on the CPU next to GPU modules"):
             AutoModelForCausalLM.from_pretrained(saved_opt, quantization_config=Int8Config(), device_map="auto",
-                                                 max_memory={0: 300_000, "cpu": "8GiB"})
+                                                 max_memory={0: int(1.6 * layer), "cpu": "8GiB"})
     # An explicit map: checked before anything is loaded.
     device_map = {"model.decoder.embed_tokens": 0, "model.decoder.embed_positions": 0,
                   "model.decoder.final_layer_norm": 0, "model.decoder.layers.0": 0,

@@ -1,0 +1,125 @@
+"""End to end on an OPT-6.7B-shaped model (random weights): memory, prefill, and a decode step.
+
+Run on a CUDA machine: python benchmarks/bench_generate.py [--out DIR] [--layers 32]
+Compares fp16 with llmint8 (threshold 6). The decode step (batch 1, static KV cache) is timed
+replayed from a CUDA graph, and its GPU kernel time is read from the profiler: eager Hugging Face
+decoding is CPU-bound on these machines, so its wall time says little about the kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import torch
+from transformers import OPTConfig, OPTForCausalLM, StaticCache
+
+import llmint8
+
+from common import graph_median_ms, median_ms, save_results
+
+DEVICE = "cuda"
+PREFILL_TOKENS = 2048
+CACHE_LEN = PREFILL_TOKENS + 64
+
+
+def opt_6_7b_config(layers: int) -> OPTConfig:
+    return OPTConfig(hidden_size=4096, ffn_dim=16384, num_hidden_layers=layers, num_attention_heads=32,
+                     vocab_size=50272, max_position_embeddings=2048 + 64, word_embed_proj_dim=4096)
+
+
+def random_fp16_model(layers: int) -> OPTForCausalLM:
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        model = OPTForCausalLM(opt_6_7b_config(layers)).half().eval()
+    # Systematic outlier dimensions, as in real OPT models: make layer inputs cross threshold 6.
+    with torch.no_grad():
+        model.model.decoder.embed_tokens.weight[:, :8] *= 400.0
+    return model
+
+
+def kernel_ms(fn) -> float:
+    """Sum of GPU kernel time of one call of fn, from the profiler."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(e.device_time_total for e in prof.key_averages()) / 1e3
+
+
+def decode_step_fn(model, config, prompt: torch.Tensor, token: torch.Tensor):
+    """A batch-1 decode step over a static KV cache holding a 2048-token prefill.
+
+    The step gets a ready 4D attention mask and explicit positions, so Hugging Face builds no mask
+    from data on the host and the whole step can be captured in a CUDA graph.
+    """
+    cache = StaticCache(config=config, max_cache_len=CACHE_LEN)
+    with torch.no_grad():
+        model(prompt, past_key_values=cache, use_cache=True,
+              cache_position=torch.arange(PREFILL_TOKENS, device=DEVICE))
+    position = torch.tensor([PREFILL_TOKENS], device=DEVICE)
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(1, 1, 1, CACHE_LEN, device=DEVICE, dtype=torch.float16 if dtype == torch.int8 else dtype)
+    mask[..., PREFILL_TOKENS + 1:] = torch.finfo(mask.dtype).min
+
+    def step():
+        with torch.no_grad():
+            return model(token, attention_mask=mask, position_ids=position[None], past_key_values=cache,
+                         use_cache=True, cache_position=position).logits
+
+    return step
+
+
+def measure(name: str, model, config, prompt: torch.Tensor, token: torch.Tensor) -> dict:
+    def prefill():
+        with torch.no_grad():
+            return model(prompt, use_cache=False).logits
+
+    step = decode_step_fn(model, config, prompt, token)
+    row = {"method": name, "memory_bytes": llmint8.model_memory_bytes(model),
+           "prefill_ms": median_ms(prefill), "decode_kernel_ms": kernel_ms(step),
+           "decode_eager_ms": median_ms(step)}
+    try:
+        row["decode_graph_ms"] = graph_median_ms(step)
+    except Exception as error:  # report, don't hide: which part of the step refused capture
+        row["decode_graph_ms"] = float("nan")
+        row["graph_error"] = f"{type(error).__name__}: {error}"[:300]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--layers", type=int, default=32)
+    args = parser.parse_args()
+    fp16 = random_fp16_model(args.layers)
+    config = fp16.config
+    int8 = copy.deepcopy(fp16)
+    llmint8.replace_8bit_linear(int8, threshold=6.0)
+    # Inputs are drawn before anything is captured: the CUDA generator cannot be used afterwards
+    # if a capture fails midway.
+    prompt = torch.randint(0, config.vocab_size, (1, PREFILL_TOKENS), device=DEVICE)
+    token = torch.randint(0, config.vocab_size, (1, 1), device=DEVICE)
+    rows = [measure("fp16", fp16, config, prompt, token), measure("llmint8 t6", int8, config, prompt, token)]
+    del fp16
+    print("json:", save_results("bench_generate", rows, args.out))
+    base = rows[0]
+    print(f"\nOPT-6.7B-shaped ({args.layers} layers, random weights) on {torch.cuda.get_device_name()}")
+    print(f"{'method':<12}{'memory GiB':>11}{'prefill 2048 ms':>16}{'decode graph ms':>16}"
+          f"{'decode kernels ms':>18}{'decode eager ms':>16}")
+    for r in rows:
+        print(f"{r['method']:<12}{r['memory_bytes'] / 2**30:>11.2f}{r['prefill_ms']:>16.2f}"
+              f"{r['decode_graph_ms']:>16.3f}{r['decode_kernel_ms']:>18.3f}{r['decode_eager_ms']:>16.2f}")
+    int8_row = rows[1]
+    print(f"\nint8 vs fp16: memory {int8_row['memory_bytes'] / base['memory_bytes']:.3f}x, "
+          f"prefill {base['prefill_ms'] / int8_row['prefill_ms']:.2f}x faster, "
+          f"graph decode step {base['decode_graph_ms'] / int8_row['decode_graph_ms']:.2f}x, "
+          f"decode kernels {base['decode_kernel_ms'] / int8_row['decode_kernel_ms']:.2f}x")
+    for r in rows:
+        if "graph_error" in r:
+            print(f"{r['method']}: CUDA graph capture failed: {r['graph_error']}")
+
+
+if __name__ == "__main__":
+    main()
