@@ -16,8 +16,11 @@ THRESHOLD = 6.0
 def random_activations(shape, dtype, device, outlier_cols=()):
     """Gaussian activations with the given columns scaled ×20, as in real LLM.int8 inputs."""
     x = torch.randn(shape, dtype=torch.float32, device=device)
+    rows = x.view(-1, shape[-1]) if shape[-1] else x
     for col in outlier_cols:
         x[..., col] *= 20.0
+        if rows.shape[0]:
+            rows[0, col] = 30.0  # every planted column crosses the threshold, whatever the draw
     return x.to(dtype)
 
 

@@ -1,0 +1,48 @@
+"""Per-kernel GPU time of one Linear8bitLt forward (threshold 6), from the profiler.
+
+Run on a CUDA machine: python benchmarks/profile_linear.py
+Shows where a layer's time goes (outlier split, quantization, int8 GEMM, epilogue) next to
+F.linear, for the shapes where the fused path misses its targets.
+"""
+from __future__ import annotations
+
+import torch
+
+from llmint8 import Linear8bitLt
+
+from common import activations_with_outliers
+
+CASES = [(4096, 16384, 1), (4096, 16384, 16), (4096, 16384, 2048), (4096, 16384, 8192), (14336, 4096, 2048)]
+
+
+def kernel_times(fn) -> list[tuple[str, float]]:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    return sorted(((e.key[:70], e.device_time_total / 10) for e in events), key=lambda item: -item[1])
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    for k, n, m in CASES:
+        x = activations_with_outliers(m, k, torch.float16, "cuda")
+        weight = (torch.randn(n, k, device="cuda") / k**0.5).half()
+        layer = Linear8bitLt(k, n, bias=False).to(torch.float16)
+        layer.load_state_dict({"weight": weight})
+        layer = layer.cuda()
+        with torch.no_grad():
+            for name, fn in [("F.linear", lambda: torch.nn.functional.linear(x, weight)),
+                             ("Linear8bitLt t6", lambda: layer(x))]:
+                times = kernel_times(fn)
+                print(f"\n{k}->{n}, M={m}, {name}: {sum(t for _, t in times):.1f} us of kernels")
+                for key, us in times:
+                    print(f"  {us:9.1f} us  {key}")
+
+
+if __name__ == "__main__":
+    main()
