@@ -47,15 +47,18 @@ __global__ void mark_outlier_columns_kernel(const T* __restrict__ x, int64_t row
   if (found) is_outlier[col] = 1;
 }
 
-// One block: a running exclusive scan over the column flags, writing ascending indices.
-__global__ void compact_outlier_columns_kernel(const uint8_t* __restrict__ is_outlier,
-                                               int64_t cols, int64_t capacity,
-                                               int32_t* __restrict__ outlier_cols,
-                                               int32_t* __restrict__ count) {
-  using Scan = cub::BlockScan<int32_t, kThreads>;
+// One block: a running exclusive scan over the column flags, writing ascending indices. A wide
+// block keeps the number of sequential tiles (and barriers) small for large K.
+constexpr int kCompactThreads = 1024;
+
+__global__ void __launch_bounds__(kCompactThreads)
+compact_outlier_columns_kernel(const uint8_t* __restrict__ is_outlier, int64_t cols,
+                               int64_t capacity, int32_t* __restrict__ outlier_cols,
+                               int32_t* __restrict__ count) {
+  using Scan = cub::BlockScan<int32_t, kCompactThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   int32_t seen = 0;
-  for (int64_t base = 0; base < cols; base += kThreads) {
+  for (int64_t base = 0; base < cols; base += kCompactThreads) {
     const int64_t col = base + threadIdx.x;
     const int32_t flag = col < cols ? is_outlier[col] : 0;
     int32_t slot, tile_total;
@@ -65,7 +68,7 @@ __global__ void compact_outlier_columns_kernel(const uint8_t* __restrict__ is_ou
     seen += tile_total;
     __syncthreads();  // scan_storage is reused by the next tile
   }
-  for (int64_t slot = seen + threadIdx.x; slot < capacity; slot += kThreads) outlier_cols[slot] = -1;
+  for (int64_t slot = seen + threadIdx.x; slot < capacity; slot += kCompactThreads) outlier_cols[slot] = -1;
   if (threadIdx.x == 0) *count = seen;
 }
 
@@ -110,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cuda(const at::Tens
           is_outlier.mutable_data_ptr<uint8_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    compact_outlier_columns_kernel<<<1, kThreads, 0, stream>>>(
+    compact_outlier_columns_kernel<<<1, kCompactThreads, 0, stream>>>(
         is_outlier.const_data_ptr<uint8_t>(), cols, capacity,
         outlier_cols.mutable_data_ptr<int32_t>(), count.mutable_data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -262,7 +265,10 @@ constexpr int kEpilogueRows = 16;
 constexpr int kSlotsPerPass = 8;
 
 // dequant_outer plus the outlier columns' 16-bit product, in one pass over the int32 result.
-// The number of outlier slots used is read on the device, so the host never waits for it.
+// The number of outlier slots used is read on the device, so the host never waits for it. Each
+// pass stages a 16-row x 8-slot tile of x_outliers in shared memory as fp32 (one load and
+// conversion per block instead of per thread); padded entries are zeros, so the inner product
+// needs no predicates.
 template <typename T>
 __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, int64_t rows,
                                              int64_t n_dim, const float* __restrict__ row_absmax,
@@ -272,11 +278,12 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
                                              const float* __restrict__ w_cols_t,
                                              const int32_t* __restrict__ count, int64_t capacity,
                                              T* __restrict__ out) {
+  __shared__ float x_tile[kEpilogueRows][kSlotsPerPass];
   const int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (n >= n_dim) return;
+  const bool active = n < n_dim;  // no early return: every thread takes part in the barriers
   const int64_t used = x_outliers ? min(int64_t(*count), capacity) : 0;
-  const float column_scale = col_absmax[n];
-  const float column_bias = bias ? bias[n] : 0.0f;
+  const float column_scale = active ? col_absmax[n] : 0.0f;
+  const float column_bias = active && bias ? bias[n] : 0.0f;
   for (int64_t m_base = blockIdx.y * int64_t(kEpilogueRows); m_base < rows;
        m_base += int64_t(gridDim.y) * kEpilogueRows) {
     const int row_count = static_cast<int>(min(int64_t(kEpilogueRows), rows - m_base));
@@ -284,26 +291,31 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
 #pragma unroll
     for (int i = 0; i < kEpilogueRows; ++i) {
       const int64_t m = m_base + i;
-      value[i] = i < row_count ? dequantize_value(acc[m * n_dim + n], row_absmax[m], column_scale,
-                                                  column_bias)
-                               : 0.0f;
+      value[i] = active && i < row_count
+                     ? dequantize_value(acc[m * n_dim + n], row_absmax[m], column_scale, column_bias)
+                     : 0.0f;
     }
     for (int64_t first = 0; first < used; first += kSlotsPerPass) {
+      __syncthreads();  // the previous pass has finished reading x_tile
+      if (threadIdx.x < kEpilogueRows * kSlotsPerPass) {
+        const int i = threadIdx.x / kSlotsPerPass, j = threadIdx.x % kSlotsPerPass;
+        x_tile[i][j] = i < row_count && first + j < used
+                           ? static_cast<float>(x_outliers[(m_base + i) * capacity + first + j])
+                           : 0.0f;
+      }
+      __syncthreads();
       float weight[kSlotsPerPass];
 #pragma unroll
       for (int j = 0; j < kSlotsPerPass; ++j) {
-        weight[j] = first + j < used ? w_cols_t[(first + j) * n_dim + n] : 0.0f;
+        weight[j] = active && first + j < used ? w_cols_t[(first + j) * n_dim + n] : 0.0f;
       }
 #pragma unroll
       for (int i = 0; i < kEpilogueRows; ++i) {
-        if (i >= row_count) break;
-        const T* x_row = x_outliers + (m_base + i) * capacity + first;
 #pragma unroll
-        for (int j = 0; j < kSlotsPerPass; ++j) {
-          if (first + j < used) value[i] += static_cast<float>(x_row[j]) * weight[j];
-        }
+        for (int j = 0; j < kSlotsPerPass; ++j) value[i] += x_tile[i][j] * weight[j];
       }
     }
+    if (!active) continue;
 #pragma unroll
     for (int i = 0; i < kEpilogueRows; ++i) {
       if (i < row_count) out[(m_base + i) * n_dim + n] = static_cast<T>(value[i]);
