@@ -15,7 +15,8 @@ import torch
 import llmint8
 from llmint8 import Linear8bitLt
 
-from common import LAYERS, TOKENS, activations_with_outliers, graph_median_ms, median_ms, save_results
+from common import (LAYERS, TOKENS, activations_with_outliers, graph_median_ms, median_ms, plot_speed_ratios,
+                    save_results)
 
 try:  # bitsandbytes is optional: absent, its columns are skipped
     import bitsandbytes as bnb
@@ -96,29 +97,6 @@ def print_errors(rows: list[dict]) -> None:
         print(f"{r['dtype']:<9}{str(r['K']) + '->' + str(r['N']):>13}{r['M']:>6}  {errs}")
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, dtype in zip(axes, ["float16", "bfloat16"]):
-        for k, n in LAYERS:
-            sel = [r for r in rows if r["dtype"] == dtype and (r["K"], r["N"]) == (k, n)]
-            if sel:
-                ax.plot([r["M"] for r in sel], [r["linear graph_ms"] / r["llmint8 t6 graph_ms"] for r in sel],
-                        marker="o", label=f"{k}->{n}")
-        ax.axhline(1.0, color="gray", linestyle="--")
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"Linear8bitLt threshold 6 vs {dtype} F.linear (CUDA graph)")
-        ax.set_xlabel("tokens M")
-    axes[0].set_ylabel("speed ratio (higher is better)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -131,7 +109,8 @@ def main() -> None:
     print(f"llmint8 {llmint8.__version__} on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"bitsandbytes {'absent' if bnb is None else bnb.__version__}")
     print("json:", save_results("bench_linear", rows, args.out))
-    plot(rows, args.out / "bench_linear.png")
+    plot_speed_ratios(rows, args.out / "bench_linear.png",
+                      lambda r: r["linear graph_ms"] / r["llmint8 t6 graph_ms"], "Linear8bitLt threshold 6 (CUDA graph)")
     print_errors(rows)
     print_table(rows, "eager")
     print_table(rows, "graph")

