@@ -144,7 +144,7 @@ __device__ __forceinline__ void multiply_step(const T* __restrict__ x, int64_t m
   }
 }
 
-// Block (n_block, k_split, m_tile): 8 warps share 32 weight rows and split this block's K range;
+// Block (n_block, k_split, m_tile): its warps share kBlockCols weight rows and split the block's K range;
 // their partial sums meet in shared memory. With one K split the block applies scale and bias and
 // writes the output; with several, it writes fp32 partials that a second kernel adds in a fixed
 // order (deterministic, unlike float atomics).

@@ -10,7 +10,7 @@ import yaml
 
 from .tasks import data_dir
 
-__all__ = ["TASK_YAMLS", "task_configs", "run_lm_eval", "Llama2cHFTokenizer"]
+__all__ = ["TASK_YAMLS", "task_configs", "run_lm_eval", "run_lm_eval_with_loglikelihoods", "Llama2cHFTokenizer"]
 
 TASK_DIR = Path(__file__).with_name("lm_eval_tasks")
 TASK_YAMLS = {"piqa": TASK_DIR / "piqa_llmint8.yaml", "winogrande": TASK_DIR / "winogrande_llmint8.yaml"}
@@ -42,19 +42,28 @@ def task_configs(tasks: Sequence[str], work_dir: Path) -> list[dict]:
 def run_lm_eval(model: torch.nn.Module, tokenizer, tasks: Sequence[str], work_dir: Path, limit: Optional[int] = None,
                 batch_size: int = 16) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} from ``lm_eval.simple_evaluate`` on ``model`` (any torch causal LM, int8 included)."""
+    return run_lm_eval_with_loglikelihoods(model, tokenizer, tasks, work_dir, limit, batch_size)[0]
+
+
+def run_lm_eval_with_loglikelihoods(model: torch.nn.Module, tokenizer, tasks: Sequence[str], work_dir: Path,
+                                    limit: Optional[int] = None, batch_size: int = 16
+                                    ) -> tuple[dict[str, dict[str, float]], dict[str, list[list[float]]]]:
+    """``run_lm_eval``'s metrics, and {task: per document (in dataset order), lm-eval's log-likelihood of each choice}."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     device = next(model.parameters()).device
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(device))
     results = lm_eval.simple_evaluate(model=lm, tasks=task_configs(tasks, work_dir), limit=limit,
-                                      num_fewshot=0, log_samples=False, bootstrap_iters=0)
-    out = {}
+                                      num_fewshot=0, log_samples=True, bootstrap_iters=0)
+    metrics, loglikelihoods = {}, {}
     for task in tasks:
         raw = results["results"][f"{task}_llmint8"]
-        out[task] = {key.split(",")[0]: value for key, value in raw.items()
-                     if key.endswith(",none") and isinstance(value, float)}
-    return out
+        metrics[task] = {key.split(",")[0]: value for key, value in raw.items()
+                         if key.endswith(",none") and isinstance(value, float)}
+        samples = sorted(results["samples"][f"{task}_llmint8"], key=lambda sample: sample["doc_id"])
+        loglikelihoods[task] = [[float(resp[0][0]) for resp in sample["resps"]] for sample in samples]
+    return metrics, loglikelihoods
 
 
 _SPECIAL_TOKENS = {0: "<unk>", 1: "<s>", 2: "</s>"}  # llama2.c's fixed ids
@@ -99,7 +108,23 @@ class Llama2cHFTokenizer(_hf_tokenizer_base()):
         return _SPECIAL_TOKENS.get(index, str(index))
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
-        ids = [int(t) for t in tokens if t not in _SPECIAL_IDS]
+        # Special tokens decode to their text ("<s>"), as with sentencepiece's Llama tokenizer
+        # (decode(..., skip_special_tokens=True) drops them before this is called). They must not
+        # decode to "": HFLM.tok_encode skips adding BOS when a string starts with
+        # decode(prefix_token_id), and every string starts with "", so the contexts lm-eval scores
+        # would lose their BOS.
+        text, pending = [], []
+        for token in tokens:
+            if token in _SPECIAL_IDS:
+                text.append(self._pieces_text(pending))
+                text.append(token)
+                pending = []
+            else:
+                pending.append(int(token))
+        text.append(self._pieces_text(pending))
+        return "".join(text)
+
+    def _pieces_text(self, ids: list[int]) -> str:
         return b"".join(self.encoder.pieces[i] for i in ids).decode("utf-8", errors="replace")
 
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
