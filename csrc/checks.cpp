@@ -29,6 +29,11 @@ void check_threshold(double threshold) {
               "threshold must be a finite number >= 0 (0 disables outliers), got ", threshold);
 }
 
+void check_outlier_arguments(double threshold, int64_t capacity) {
+  check_threshold(threshold);
+  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+}
+
 void check_outlier_cols(const std::optional<at::Tensor>& outlier_cols, const at::Tensor& x) {
   if (!outlier_cols.has_value()) return;
   const auto& cols = *outlier_cols;

@@ -11,6 +11,8 @@ void check_int8_input(const at::Tensor& t, const char* name);
 void check_same_device(const at::Tensor& a, const char* a_name, const at::Tensor& b,
                        const char* b_name);
 void check_threshold(double threshold);
+// threshold (as above) and the outlier capacity (>= 0) of outlier_split and int8_linear.
+void check_outlier_arguments(double threshold, int64_t capacity);
 void check_outlier_cols(const std::optional<at::Tensor>& outlier_cols, const at::Tensor& x);
 void check_matmul_operands(const at::Tensor& a, const at::Tensor& b);
 void check_dequant_operands(const at::Tensor& acc, const at::Tensor& row_absmax,

@@ -18,8 +18,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cpu(const at::Tenso
                                                                  double threshold,
                                                                  int64_t capacity) {
   check_float_input(x, "x");
-  check_threshold(threshold);
-  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+  check_outlier_arguments(threshold, capacity);
   const auto x2d = x.contiguous().view({leading_rows(x), x.size(-1)});
   const int64_t rows = x2d.size(0), cols = x2d.size(1);
 
@@ -135,8 +134,7 @@ at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight_int8,
                            const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
                            double threshold, int64_t capacity) {
   check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
-  check_threshold(threshold);
-  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+  check_outlier_arguments(threshold, capacity);
   if (threshold == 0.0 || capacity == 0) {
     const auto quantized = quantize_rows_cpu(x, at::Tensor());
     const auto acc = int8_matmul_cpu(std::get<0>(quantized), weight_int8);

@@ -94,8 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cuda(const at::Tens
                                                                   double threshold,
                                                                   int64_t capacity) {
   check_float_input(x, "x");
-  check_threshold(threshold);
-  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+  check_outlier_arguments(threshold, capacity);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto x_contig = x.contiguous();
   const int64_t rows = leading_rows(x), cols = x.size(-1);
@@ -327,8 +326,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
                             const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
                             double threshold, int64_t capacity) {
   check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
-  check_threshold(threshold);
-  TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
+  check_outlier_arguments(threshold, capacity);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t rows = leading_rows(x), n_dim = weight_int8.size(0), k_dim = weight_int8.size(1);
   auto out = at::empty(with_last_dim(x, n_dim), x.options());
