@@ -99,14 +99,6 @@ def load(path, device_map, int8, max_memory=None):
     return model, held, seconds, placement
 
 
-def layers_per_device(device_map):
-    counts = {}
-    for name, device in device_map.items():
-        if ".layers." in name:
-            counts[device] = counts.get(device, 0) + 1
-    return counts
-
-
 @torch.no_grad()
 def logits_and_tokens(model, prompts, new_tokens):
     logits = model(prompts.to(model.device)).logits.float().cpu()
@@ -171,7 +163,7 @@ def main() -> int:
         ]
         for label, device_map, int8, budget in placements:
             model, held, seconds, placement = load(path, device_map, int8, budget)
-            spread = layers_per_device(placement) if isinstance(placement, dict) else {}
+            spread = llmint8.nn.decoder_layers_per_device(placement) if isinstance(placement, dict) else {}
             budget_text = "" if budget is None else f", max_memory {[f'{v / GiB:.2f} GiB' for v in budget.values()]}"
             print(f"\n{label}: loaded in {seconds:.1f} s{budget_text}; decoder layers per device {spread}; "
                   f"held GPU0 {held[0] / MiB:.0f} MiB, GPU1 {held[1] / MiB:.0f} MiB")

@@ -16,7 +16,8 @@ from transformers.integrations.accelerate import infer_auto_device_map as hf_inf
 
 import llmint8.hf  # noqa: F401  (registers quant_method "llmint8")
 from llmint8.hf import Int8Config, Int8HfQuantizer
-from llmint8.nn import Linear8bitLt, int8_module_sizes, int8_special_dtypes, model_memory_bytes, replace_8bit_linear
+from llmint8.nn import (Linear8bitLt, decoder_layers_per_device, int8_module_sizes, int8_special_dtypes,
+                        model_memory_bytes, replace_8bit_linear)
 
 requires_2_gpus = pytest.mark.skipif(
     torch.cuda.device_count() < 2,
@@ -45,14 +46,6 @@ def meta_int8_opt():
 
 def int8_layers(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, Linear8bitLt)}
-
-
-def layers_per_device(device_map):
-    counts = {}
-    for name, device in device_map.items():
-        if ".layers." in name:
-            counts[device] = counts.get(device, 0) + 1
-    return counts
 
 
 def test_transformers_sizes_int8_layers_by_int8_bytes_plus_scb():
@@ -102,10 +95,10 @@ def test_auto_device_map_fits_more_int8_layers_per_gpu_than_fp16():
     fp16 = meta_opt()
     budget = fake_budget(fp16)
     no_split = fp16._no_split_modules
-    fp16_counts = layers_per_device(hf_infer_auto_device_map(fp16, max_memory=budget, no_split_module_classes=no_split))
+    fp16_counts = decoder_layers_per_device(hf_infer_auto_device_map(fp16, max_memory=budget, no_split_module_classes=no_split))
     int8_map = hf_infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split,
                                         hf_quantizer=quantizer)
-    int8_counts = layers_per_device(int8_map)
+    int8_counts = decoder_layers_per_device(int8_map)
     assert int8_counts[0] > fp16_counts[0] and int8_counts[1] > fp16_counts[1], (int8_counts, fp16_counts)
     assert int8_counts.get("cpu", 0) < fp16_counts["cpu"]
     # The 10% headroom that from_pretrained takes off each GPU (not the CPU).
@@ -117,14 +110,14 @@ def test_accelerate_device_map_of_a_converted_meta_model_with_special_dtypes():
     fp16 = meta_opt()
     budget = fake_budget(fp16)
     no_split = fp16._no_split_modules
-    fp16_counts = layers_per_device(infer_auto_device_map(fp16, max_memory=budget, no_split_module_classes=no_split))
+    fp16_counts = decoder_layers_per_device(infer_auto_device_map(fp16, max_memory=budget, no_split_module_classes=no_split))
     model = meta_opt()
     replace_8bit_linear(model)
     special = int8_special_dtypes(model)
     assert set(special) == {f"{name}.weight" for name in int8_layers(model)}
-    plain = layers_per_device(infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split))
+    plain = decoder_layers_per_device(infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split))
     assert plain == fp16_counts  # meta placeholders are 16-bit: without special_dtypes, no gain
-    counts = layers_per_device(infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split,
+    counts = decoder_layers_per_device(infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split,
                                                      special_dtypes=special))
     assert counts[0] > fp16_counts[0] and counts[1] > fp16_counts[1], (counts, fp16_counts)
 

@@ -35,6 +35,7 @@ from . import ops
 __all__ = [
     "Int8Params",
     "Linear8bitLt",
+    "decoder_layers_per_device",
     "int8_module_sizes",
     "int8_special_dtypes",
     "model_memory_bytes",
@@ -613,3 +614,12 @@ def int8_special_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
         f"{name}.weight" if name else "weight": torch.int8
         for name, module in model.named_modules() if _holds_int8(module)
     }
+
+
+def decoder_layers_per_device(device_map: dict) -> dict:
+    """How many decoder layers (entries named ``*.layers.N``) a device map puts on each device."""
+    counts: dict = {}
+    for name, device in device_map.items():
+        if ".layers." in name:
+            counts[device] = counts.get(device, 0) + 1
+    return counts
