@@ -102,13 +102,13 @@ SEQUENCE = 60
 
 
 @needs_stories
-@pytest.mark.parametrize("window,stride", [(16, 16), (16, 4), (20, 7)])
-def test_sliding_windows_score_each_token_once_with_its_window_context(window, stride):
+@pytest.mark.parametrize("window,stride,batch_size", [(16, 16, 1), (16, 4, 1), (20, 7, 1), (16, 4, 3), (20, 7, 16)])
+def test_sliding_windows_score_each_token_once_with_its_window_context(window, stride, batch_size):
     from llmint8.models import load_stories260k
 
     model, _ = load_stories260k(STORIES_DIR)
     ids = torch.randint(0, model.config.vocab_size, (SEQUENCE,))
-    nll, scored = sliding_window_nll(model, ids, window, stride)
+    nll, scored = sliding_window_nll(model, ids, window, stride, batch_size)
     expected_nll, expected_scored = 0.0, 0
     with torch.no_grad():
         for target in range(1, SEQUENCE):
@@ -125,6 +125,8 @@ def test_sliding_windows_score_each_token_once_with_its_window_context(window, s
 
 def test_perplexity_rejects_bad_windows():
     model = torch.nn.Linear(1, 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        sliding_window_nll(model, torch.arange(10), window=4, stride=2, batch_size=0)
     with pytest.raises(ValueError, match="stride"):
         perplexity(model, torch.arange(10), window=4, stride=5)
     with pytest.raises(ValueError, match="window"):

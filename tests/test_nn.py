@@ -12,7 +12,6 @@ from llmint8 import ops
 from llmint8.nn import (
     Int8Params,
     Linear8bitLt,
-
     model_memory_bytes,
     replace_8bit_linear,
 )
@@ -213,6 +212,31 @@ def test_constructor_validates_threshold_and_capacity():
         Linear8bitLt(4, 4, threshold=-1)
     with pytest.raises(ValueError, match="outlier_capacity"):
         Linear8bitLt(4, 4, outlier_capacity=-2)
+
+
+def test_capacity_none_splits_out_every_outlier_column():
+    # 40 of 64 columns are outliers: capacity 8 leaves 32 of them in int8, None keeps all in 16-bit.
+    x = inputs_with_outliers((6, 64), torch.float32, outlier_cols=range(40))
+    uncapped = quantized_layer(outlier_capacity=None, exact_decomposition=True)
+    capped = quantized_layer(outlier_capacity=8, exact_decomposition=True)
+    capped.load_state_dict(uncapped.state_dict())
+    assert uncapped.outlier_capacity == 64
+    weight = ops.dequantize_int8_weight(uncapped.weight, uncapped.weight.SCB, torch.float64)
+    expected = x.double() @ weight.T + uncapped.bias.double()
+    with torch.no_grad():
+        composed = ops.int8_linear_composed(x, uncapped.weight, uncapped.weight.SCB, uncapped.bias, 6.0, 64)
+        assert torch.equal(uncapped(x), composed)
+        assert relative_error(uncapped(x), expected) < relative_error(capped(x), expected)
+
+
+def test_inference_and_autograd_forwards_agree():
+    layer = quantized_layer(exact_decomposition=True)
+    x = inputs_with_outliers((3, 5, 64), torch.float32)
+    with torch.no_grad():
+        inference = layer(x)
+    x.requires_grad_(True)
+    tracked = layer(x)
+    assert tracked.grad_fn is not None and torch.equal(inference, tracked)
 
 
 @requires_cuda

@@ -137,10 +137,23 @@ def _add_eval_command(commands) -> None:
     evaluate.add_argument("--batch-size", type=int, default=None, help="requests per forward (default 64 GPU, 16 CPU)")
     evaluate.add_argument("--text", default=None, help="text file for perplexity (default: shared WikiText-2 test)")
     evaluate.add_argument("--ppl-tokens", type=int, default=None, help="first N tokens of the text (default: all)")
+    evaluate.add_argument("--ppl-batch-size", type=int, default=None,
+                          help="perplexity windows per forward (default 8 GPU, 1 CPU)")
+    evaluate.add_argument("--outlier-capacity", type=_capacity, default=None,
+                          help="outlier columns split out per call: an int, or 'all' (default: all, exact LLM.int8)")
     evaluate.add_argument("--window", type=int, default=None, help="perplexity window (default 1024, capped at context)")
     evaluate.add_argument("--stride", type=int, default=None, help="perplexity stride (default: window / 2)")
     evaluate.add_argument("--out-dir", default=None, help="write report.json, report.md and report.png here")
     evaluate.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def _capacity(text: str):
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
 
 
 def _run_eval_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -152,6 +165,7 @@ def _run_eval_command(parser: argparse.ArgumentParser, args: argparse.Namespace)
         report = evaluate(model=args.model, tasks=args.tasks, thresholds=args.thresholds, limit=args.limit,
                           device=args.device, batch_size=args.batch_size, text=args.text, ppl_tokens=args.ppl_tokens,
                           window=args.window, stride=args.stride, include_fast=args.include_fast,
+                          ppl_batch_size=args.ppl_batch_size, outlier_capacity=args.outlier_capacity,
                           progress=not args.no_progress, out_dir=args.out_dir)
     except (DemoError, ValueError, FileNotFoundError) as error:
         parser.exit(1, f"llmint8 eval: error: {error}\n")

@@ -63,10 +63,13 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def check_outlier_capacity(capacity: int) -> int:
-    """``capacity`` as an int, or ValueError unless it is an integer >= 0."""
+def check_outlier_capacity(capacity: Optional[int]) -> Optional[int]:
+    """``capacity`` as an int (None: every input column, so no outlier is ever left in int8), or
+    ValueError unless it is an integer >= 0."""
+    if capacity is None:
+        return None
     if isinstance(capacity, bool) or not isinstance(capacity, int):
-        raise TypeError(f"outlier_capacity must be an int, got {type(capacity).__name__}")
+        raise TypeError(f"outlier_capacity must be an int or None, got {type(capacity).__name__}")
     if capacity < 0:
         raise ValueError(f"outlier_capacity must be >= 0, got {capacity}")
     return capacity
@@ -290,12 +293,17 @@ class _Int8LinearFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 
 
+def _needs_autograd(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class Linear8bitLt(nn.Linear):
     """``nn.Linear`` computing LLM.int8: int8 x int8 matmul plus 16-bit outlier columns of the input.
 
     ``threshold``: an input column with any ``|x| >= threshold`` is an outlier (0: none).
     ``outlier_capacity``: at most this many outlier columns per call are split out (fixed size,
-    so the forward never synchronizes with the host); further ones go through int8.
+    so the forward never synchronizes with the host); further ones go through int8. None: all
+    ``in_features`` columns, i.e. LLM.int8 with no cap, at the cost of a [rows, in_features] buffer.
     ``exact_decomposition``: always use the LLM.int8 decomposition. By default, inputs of at most
     ``ops.SMALL_BATCH_ROWS`` rows skip it for ``ops.int8_weight_linear`` (16-bit activations times
     the int8 weight): faster where the layer is bandwidth-bound, and more accurate.
@@ -310,7 +318,7 @@ class Linear8bitLt(nn.Linear):
         bias: bool = True,
         has_fp16_weights: bool = False,
         threshold: float = 6.0,
-        outlier_capacity: int = ops.DEFAULT_OUTLIER_CAPACITY,
+        outlier_capacity: Optional[int] = ops.DEFAULT_OUTLIER_CAPACITY,
         exact_decomposition: bool = False,
         device=None,
         dtype=None,
@@ -320,7 +328,7 @@ class Linear8bitLt(nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.has_fp16_weights = has_fp16_weights
         self.threshold = threshold
-        self.outlier_capacity = outlier_capacity
+        self.outlier_capacity = in_features if outlier_capacity is None else outlier_capacity
         self.exact_decomposition = exact_decomposition
         self.weight = Int8Params(self.weight.data, has_fp16_weights=has_fp16_weights)
 
@@ -343,6 +351,11 @@ class Linear8bitLt(nn.Linear):
             with torch.no_grad():
                 weight_int8, weight_absmax = ops.quantize_colwise(weight)
             master = weight
+        if not _needs_autograd(x, master, self.bias):
+            # Inference skips autograd.Function.apply, whose argument binding costs more host time
+            # than the op's own launches at decode sizes.
+            return ops.llm_int8_linear(x, weight_int8, weight_absmax, self.bias, self.threshold,
+                                       self.outlier_capacity, self.exact_decomposition)
         return _Int8LinearFunction.apply(
             x, weight_int8, weight_absmax, master, self.bias, self.threshold, self.outlier_capacity,
             self.exact_decomposition,
@@ -452,7 +465,7 @@ def replace_8bit_linear(
     threshold: float = 6.0,
     modules_to_not_convert: Optional[Iterable[str]] = ("lm_head",),
     has_fp16_weights: bool = False,
-    outlier_capacity: int = ops.DEFAULT_OUTLIER_CAPACITY,
+    outlier_capacity: Optional[int] = ops.DEFAULT_OUTLIER_CAPACITY,
     exact_decomposition: bool = False,
 ) -> list[str]:
     """Swap the model's ``nn.Linear`` modules for ``Linear8bitLt`` in place; return the converted names.
@@ -523,7 +536,7 @@ def _check_convertible_dtype(name: str, linear: nn.Linear) -> None:
 
 
 def _int8_linear_like(
-    linear: nn.Linear, threshold: float, capacity: int, has_fp16_weights: bool, exact_decomposition: bool
+    linear: nn.Linear, threshold: float, capacity: Optional[int], has_fp16_weights: bool, exact_decomposition: bool
 ) -> Linear8bitLt:
     # Built on meta so nothing is allocated or initialized, then given the Linear's own tensors.
     new = Linear8bitLt(linear.in_features, linear.out_features, linear.bias is not None, has_fp16_weights,

@@ -21,37 +21,57 @@ def perplexity(model: torch.nn.Module, input_ids: torch.Tensor, window: int, str
 
 
 @torch.no_grad()
-def sliding_window_nll(model: torch.nn.Module, input_ids: torch.Tensor, window: int, stride: int) -> tuple[float, int]:
-    """(sum of token NLLs in nats, number of tokens scored) for ``perplexity``'s windows."""
+def sliding_window_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, window: int, stride: int, batch_size: int = 1
+) -> tuple[float, int]:
+    """(sum of token NLLs in nats, number of tokens scored) for ``perplexity``'s windows.
+
+    ``batch_size`` windows of equal length go through the model together; the scores are the
+    same as one window at a time for a model whose rows do not interact (LLM.int8 is not quite
+    one: it picks outlier columns over the whole batch).
+    """
     ids = _as_token_row(input_ids)
     _check_window(window, stride, ids.numel())
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = ids.to(_device_of(model))
     total = ids.new_zeros((), dtype=torch.float64)
-    scored_until = 1  # the first token has no context, so it is never scored
-    for begin in range(0, ids.numel(), stride):
-        end = min(begin + window, ids.numel())
-        # A window cannot score its own first token; with stride == window that token is skipped.
-        first_target = max(scored_until, begin + 1)
-        logits = model(ids[None, begin:end]).logits[0]
-        # logits[i] predicts token begin + i + 1.
-        predicting = logits[first_target - begin - 1:end - begin - 1].float()
-        total += F.cross_entropy(predicting, ids[first_target:end], reduction="sum")
-        scored_until = end
-        if end == ids.numel():
-            break
+    for batch in _batches_of_equal_length(_window_plan(ids.numel(), window, stride), batch_size):
+        logits = model(torch.stack([ids[begin:end] for begin, end, _ in batch])).logits
+        for row, (begin, end, first_target) in enumerate(batch):
+            # logits[row, i] predicts token begin + i + 1.
+            predicting = logits[row, first_target - begin - 1:end - begin - 1].float()
+            total += F.cross_entropy(predicting, ids[first_target:end], reduction="sum")
     return total.item(), _count_scored(ids.numel(), window, stride)
 
 
-def _count_scored(length: int, window: int, stride: int) -> int:
-    # Recomputed from the window plan rather than accumulated, so the loop never reads the device.
-    scored, scored_until = 0, 1
+def _window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored token) per window; every token after the first is scored once."""
+    plan, scored_until = [], 1  # the first token has no context, so it is never scored
     for begin in range(0, length, stride):
         end = min(begin + window, length)
-        scored += end - max(scored_until, begin + 1)
+        # A window cannot score its own first token; with stride == window that token is skipped.
+        plan.append((begin, end, max(scored_until, begin + 1)))
         scored_until = end
         if end == length:
             break
-    return scored
+    return plan
+
+
+def _batches_of_equal_length(plan: list[tuple[int, int, int]], batch_size: int):
+    batch: list[tuple[int, int, int]] = []
+    for entry in plan:
+        if batch and (len(batch) == batch_size or entry[1] - entry[0] != batch[0][1] - batch[0][0]):
+            yield batch
+            batch = []
+        batch.append(entry)
+    if batch:
+        yield batch
+
+
+def _count_scored(length: int, window: int, stride: int) -> int:
+    # Derived from the window plan rather than accumulated, so the loop never reads the device.
+    return sum(end - first_target for _, end, first_target in _window_plan(length, window, stride))
 
 
 def _as_token_row(input_ids: torch.Tensor) -> torch.Tensor:

@@ -57,20 +57,20 @@ class OutlierRecorder:
         counts, threshold = self.layers[name], self._thresholds[name]
 
         def record(module, args):
-            x = args[0]
-            rows = self._real_rows(x)
-            crossed = (rows.abs() >= threshold).any(0)
+            crossed = self._crossed_columns(args[0], threshold)
             counts.column_calls += crossed
             counts.most_in_one_call = torch.maximum(counts.most_in_one_call, crossed.sum())
             counts.calls += 1
 
         return record
 
-    def _real_rows(self, x: torch.Tensor) -> torch.Tensor:
+    def _crossed_columns(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        crossed = x.abs() >= threshold
         mask = self.token_mask
         if mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
-            return x[mask]
-        return x.reshape(-1, x.shape[-1])
+            # Masking, not x[mask]: boolean indexing would wait for the GPU in every layer.
+            crossed = crossed & mask[..., None]
+        return crossed.reshape(-1, x.shape[-1]).any(0)
 
     def summary(self, top: int = 10) -> dict[str, dict]:
         """Per layer: calls, distinct outlier columns, the most in one call (vs capacity), top columns by frequency."""

@@ -69,6 +69,8 @@ def evaluate(
     window: Optional[int] = None,
     stride: Optional[int] = None,
     include_fast: bool = False,
+    ppl_batch_size: Optional[int] = None,
+    outlier_capacity: Optional[int] = None,
     top_columns: int = 10,
     progress: bool = True,
     out_dir: Optional[str] = None,
@@ -78,13 +80,18 @@ def evaluate(
 
     ``limit``: first N items of each multiple-choice task. ``ppl_tokens``: first N tokens of the
     text (all when None). The 16-bit baseline is bf16 on a GPU and fp32 on the CPU.
+    ``ppl_batch_size``: perplexity windows per forward (8 on a GPU, 1 on the CPU when None).
+    ``outlier_capacity``: the int8 layers' outlier capacity; None (default) splits out every
+    outlier column, which is LLM.int8 as specified (no column over capacity stays in int8).
     """
     unknown = [t for t in tasks if t != PERPLEXITY_TASK and t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {[PERPLEXITY_TASK, *TASKS]}")
     device = device or default_device()
     dtype = baseline_dtype(device)
-    batch_size = batch_size or (64 if torch.device(device).type == "cuda" else 16)
+    on_gpu = torch.device(device).type == "cuda"
+    batch_size = batch_size or (64 if on_gpu else 16)
+    ppl_batch_size = ppl_batch_size or (8 if on_gpu else 1)
     start = time.perf_counter()
     lm = load_eval_model(model, dtype)
     lm.model.to(device)
@@ -99,6 +106,8 @@ def evaluate(
         "baseline_dtype": str(dtype).replace("torch.", ""),
         "torch": torch.__version__,
         "batch_size": batch_size,
+        "ppl_batch_size": ppl_batch_size,
+        "outlier_capacity": "all" if outlier_capacity is None else outlier_capacity,
         "limit": limit,
         "load_s": load_s,
         "perplexity_setup": None if inputs.perplexity_ids is None else {
@@ -108,7 +117,7 @@ def evaluate(
     }
     for variant in make_variants(thresholds, include_fast):
         report["variants"][variant.name] = _evaluate_variant(
-            lm, variant, inputs, batch_size, window, stride, top_columns, progress)
+            lm, variant, inputs, batch_size, ppl_batch_size, outlier_capacity, window, stride, top_columns, progress)
     if out_dir is not None:
         from .report import write_outputs
 
@@ -128,15 +137,16 @@ def _prepare_inputs(lm, tasks, limit, text, ppl_tokens) -> _Inputs:
     return _Inputs(perplexity_ids, text_source, items, pairs)
 
 
-def _evaluate_variant(lm, variant: Variant, inputs: _Inputs, batch_size, window, stride, top_columns, progress) -> dict:
+def _evaluate_variant(lm, variant: Variant, inputs: _Inputs, batch_size, ppl_batch_size, outlier_capacity, window,
+                      stride, top_columns, progress) -> dict:
     start = time.perf_counter()
-    model = _build_variant(lm.model, variant)
+    model = _build_variant(lm.model, variant, outlier_capacity)
     result = {"threshold": variant.threshold, "exact_decomposition": variant.exact_decomposition if variant.is_int8
               else None, "convert_s": time.perf_counter() - start, "seconds": {}, "tasks": {}}
     with OutlierRecorder(model) as recorder:
         if inputs.perplexity_ids is not None:
             start = time.perf_counter()
-            nll, scored = sliding_window_nll(model, inputs.perplexity_ids, window, stride)
+            nll, scored = sliding_window_nll(model, inputs.perplexity_ids, window, stride, ppl_batch_size)
             result["perplexity"] = {"value": float(torch.tensor(nll / scored).exp()), "nll_sum": nll, "tokens": scored}
             result["seconds"][PERPLEXITY_TASK] = _elapsed(start, lm.model)
         for name, items in inputs.items.items():
@@ -158,11 +168,12 @@ def _evaluate_variant(lm, variant: Variant, inputs: _Inputs, batch_size, window,
     return result
 
 
-def _build_variant(model: torch.nn.Module, variant: Variant) -> torch.nn.Module:
+def _build_variant(model: torch.nn.Module, variant: Variant, outlier_capacity: Optional[int]) -> torch.nn.Module:
     if not variant.is_int8:
         return model
     converted = copy.deepcopy(model)
-    replace_8bit_linear(converted, threshold=variant.threshold, exact_decomposition=variant.exact_decomposition)
+    replace_8bit_linear(converted, threshold=variant.threshold, outlier_capacity=outlier_capacity,
+                        exact_decomposition=variant.exact_decomposition)
     return converted
 
 
