@@ -102,13 +102,15 @@ SEQUENCE = 60
 
 
 @needs_stories
-@pytest.mark.parametrize("window,stride,batch_size", [(16, 16, 1), (16, 4, 1), (20, 7, 1), (16, 4, 3), (20, 7, 16)])
-def test_sliding_windows_score_each_token_once_with_its_window_context(window, stride, batch_size):
+@pytest.mark.parametrize("window,stride,batch_size,prefix",
+                         [(16, 16, 1, ()), (16, 4, 1, ()), (20, 7, 1, ()), (16, 4, 3, ()), (20, 7, 16, (1,)),
+                          (16, 4, 2, (1, 5))])
+def test_sliding_windows_score_each_token_once_with_its_window_context(window, stride, batch_size, prefix):
     from llmint8.models import load_stories260k
 
     model, _ = load_stories260k(STORIES_DIR)
     ids = torch.randint(0, model.config.vocab_size, (SEQUENCE,))
-    nll, scored = sliding_window_nll(model, ids, window, stride, batch_size)
+    nll, scored = sliding_window_nll(model, ids, window, stride, batch_size, prefix)
     expected_nll, expected_scored = 0.0, 0
     with torch.no_grad():
         for target in range(1, SEQUENCE):
@@ -116,7 +118,8 @@ def test_sliding_windows_score_each_token_once_with_its_window_context(window, s
             begin = next(b for b in range(0, SEQUENCE, stride) if target < b + window)
             if begin == target:
                 continue
-            log_probs = model(ids[None, begin:target]).logits[0, -1].log_softmax(-1)
+            context = torch.cat([torch.tensor(prefix, dtype=ids.dtype), ids[begin:target]])
+            log_probs = model(context[None]).logits[0, -1].log_softmax(-1)
             expected_nll -= log_probs[ids[target]].item()
             expected_scored += 1
     assert scored == expected_scored

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,25 +23,33 @@ def perplexity(model: torch.nn.Module, input_ids: torch.Tensor, window: int, str
 
 @torch.no_grad()
 def sliding_window_nll(
-    model: torch.nn.Module, input_ids: torch.Tensor, window: int, stride: int, batch_size: int = 1
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    window: int,
+    stride: int,
+    batch_size: int = 1,
+    prefix: Sequence[int] = (),
 ) -> tuple[float, int]:
     """(sum of token NLLs in nats, number of tokens scored) for ``perplexity``'s windows.
 
     ``batch_size`` windows of equal length go through the model together; the scores are the
     same as one window at a time for a model whose rows do not interact (LLM.int8 is not quite
-    one: it picks outlier columns over the whole batch).
+    one: it picks outlier columns over the whole batch). ``prefix`` tokens (e.g. BOS) go before
+    every window as context only: models like Gemma are far off without BOS at position 0.
     """
     ids = _as_token_row(input_ids)
     _check_window(window, stride, ids.numel())
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = ids.to(_device_of(model))
+    prefix_ids = torch.tensor(list(prefix), dtype=ids.dtype, device=ids.device)
     total = ids.new_zeros((), dtype=torch.float64)
     for batch in _batches_of_equal_length(_window_plan(ids.numel(), window, stride), batch_size):
-        logits = model(torch.stack([ids[begin:end] for begin, end, _ in batch])).logits
+        logits = model(torch.stack([torch.cat([prefix_ids, ids[begin:end]]) for begin, end, _ in batch])).logits
         for row, (begin, end, first_target) in enumerate(batch):
-            # logits[row, i] predicts token begin + i + 1.
-            predicting = logits[row, first_target - begin - 1:end - begin - 1].float()
+            # logits[row, len(prefix) + i] predicts token begin + i + 1.
+            first, last = first_target - begin - 1 + len(prefix_ids), end - begin - 1 + len(prefix_ids)
+            predicting = logits[row, first:last].float()
             total += F.cross_entropy(predicting, ids[first_target:end], reduction="sum")
     return total.item(), _count_scored(ids.numel(), window, stride)
 

@@ -52,6 +52,7 @@ class _Inputs:
     """Everything tokenized once and shared by all variants."""
 
     perplexity_ids: Optional[torch.Tensor]
+    perplexity_prefix: list[int]  # what the tokenizer puts before any text (BOS), given to every window
     text_source: str
     items: dict
     pairs: dict
@@ -96,9 +97,9 @@ def evaluate(
     lm = load_eval_model(model, dtype)
     lm.model.to(device)
     load_s = time.perf_counter() - start
-    window = min(window or 1024, lm.max_length)
-    stride = stride or max(1, window // 2)
     inputs = _prepare_inputs(lm, tasks, limit, text, ppl_tokens)
+    window = min(window or 1024, lm.max_length - len(inputs.perplexity_prefix))
+    stride = stride or max(1, window // 2)
     report = {
         "model": lm.name,
         "model_arg": model,
@@ -111,7 +112,8 @@ def evaluate(
         "limit": limit,
         "load_s": load_s,
         "perplexity_setup": None if inputs.perplexity_ids is None else {
-            "text": inputs.text_source, "tokens": inputs.perplexity_ids.numel(), "window": window, "stride": stride},
+            "text": inputs.text_source, "tokens": inputs.perplexity_ids.numel(), "window": window, "stride": stride,
+            "prefix": inputs.perplexity_prefix},
         "tasks": {name: {"items": len(items), "requests": len(inputs.pairs[name])} for name, items in inputs.items.items()},
         "variants": {},
     }
@@ -127,14 +129,17 @@ def evaluate(
 
 def _prepare_inputs(lm, tasks, limit, text, ppl_tokens) -> _Inputs:
     perplexity_ids, text_source = None, ""
+    prefix = lm.encode("")
     if PERPLEXITY_TASK in tasks:
         path = Path(text) if text else data_dir() / "wikitext-2" / "test.txt"
         content = path.read_text(encoding="utf-8")
-        ids = first_tokens(lm.encode, content, ppl_tokens) if ppl_tokens else lm.encode(content)
+        ids = first_tokens(lm.encode, content, ppl_tokens + len(prefix)) if ppl_tokens else lm.encode(content)
+        if ids[:len(prefix)] == prefix:
+            ids = ids[len(prefix):]
         perplexity_ids, text_source = torch.tensor(ids), str(path)
     items = {name: load_task(name, limit) for name in tasks if name != PERPLEXITY_TASK}
     pairs = {name: encode_items(lm.encode, task_items) for name, task_items in items.items()}
-    return _Inputs(perplexity_ids, text_source, items, pairs)
+    return _Inputs(perplexity_ids, prefix, text_source, items, pairs)
 
 
 def _evaluate_variant(lm, variant: Variant, inputs: _Inputs, batch_size, ppl_batch_size, outlier_capacity, window,
@@ -146,7 +151,8 @@ def _evaluate_variant(lm, variant: Variant, inputs: _Inputs, batch_size, ppl_bat
     with OutlierRecorder(model) as recorder:
         if inputs.perplexity_ids is not None:
             start = time.perf_counter()
-            nll, scored = sliding_window_nll(model, inputs.perplexity_ids, window, stride, ppl_batch_size)
+            nll, scored = sliding_window_nll(model, inputs.perplexity_ids, window, stride, ppl_batch_size,
+                                             inputs.perplexity_prefix)
             result["perplexity"] = {"value": float(torch.tensor(nll / scored).exp()), "nll_sum": nll, "tokens": scored}
             result["seconds"][PERPLEXITY_TASK] = _elapsed(start, lm.model)
         for name, items in inputs.items.items():
