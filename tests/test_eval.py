@@ -238,3 +238,12 @@ def test_llama2c_hf_tokenizer_decodes_bos_as_text_so_lm_eval_keeps_it():
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
     assert tokenizer.decode(ids, skip_special_tokens=True) == " Question: why?"
     assert tokenizer.decode(ids).startswith("<s>")
+
+
+@needs_stories
+@needs_data
+def test_baseline_dtype_and_attention_backend_are_choosable():
+    report = evaluate("stories260k", tasks=["piqa"], thresholds=[6.0], limit=3, device="cpu", progress=False,
+                      dtype=torch.bfloat16, attn_implementation="eager")
+    assert report["baseline_dtype"] == "bfloat16" and report["attn_implementation"] == "eager"
+    assert 0 <= report["variants"]["int8-t6"]["tasks"]["piqa"]["acc"]["value"] <= 1

@@ -141,6 +141,9 @@ def _add_eval_command(commands) -> None:
                           help="perplexity windows per forward (default 8 GPU, 1 CPU)")
     evaluate.add_argument("--outlier-capacity", type=_capacity, default=None,
                           help="outlier columns split out per call: an int, or 'all' (default: all, exact LLM.int8)")
+    evaluate.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                          help="the 16-bit baseline's dtype (default bfloat16 GPU, float32 CPU)")
+    evaluate.add_argument("--attn-implementation", default=None, help="transformers attention backend, e.g. eager or sdpa")
     evaluate.add_argument("--window", type=int, default=None, help="perplexity window (default 1024, capped at context)")
     evaluate.add_argument("--stride", type=int, default=None, help="perplexity stride (default: window / 2)")
     evaluate.add_argument("--out-dir", default=None, help="write report.json, report.md and report.png here")
@@ -166,6 +169,8 @@ def _run_eval_command(parser: argparse.ArgumentParser, args: argparse.Namespace)
                           device=args.device, batch_size=args.batch_size, text=args.text, ppl_tokens=args.ppl_tokens,
                           window=args.window, stride=args.stride, include_fast=args.include_fast,
                           ppl_batch_size=args.ppl_batch_size, outlier_capacity=args.outlier_capacity,
+                          dtype=getattr(torch, args.dtype) if args.dtype else None,
+                          attn_implementation=args.attn_implementation,
                           progress=not args.no_progress, out_dir=args.out_dir)
     except (DemoError, ValueError, FileNotFoundError) as error:
         parser.exit(1, f"llmint8 eval: error: {error}\n")

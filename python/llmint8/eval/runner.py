@@ -72,6 +72,8 @@ def evaluate(
     include_fast: bool = False,
     ppl_batch_size: Optional[int] = None,
     outlier_capacity: Optional[int] = None,
+    dtype: Optional[torch.dtype] = None,
+    attn_implementation: Optional[str] = None,
     top_columns: int = 10,
     progress: bool = True,
     out_dir: Optional[str] = None,
@@ -84,17 +86,21 @@ def evaluate(
     ``ppl_batch_size``: perplexity windows per forward (8 on a GPU, 1 on the CPU when None).
     ``outlier_capacity``: the int8 layers' outlier capacity; None (default) splits out every
     outlier column, which is LLM.int8 as specified (no column over capacity stays in int8).
+    ``dtype``: the 16-bit baseline's dtype (default above); ``attn_implementation``: a transformers
+    attention backend ("eager", "sdpa") for models that need a particular one.
     """
     unknown = [t for t in tasks if t != PERPLEXITY_TASK and t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {[PERPLEXITY_TASK, *TASKS]}")
     device = device or default_device()
-    dtype = baseline_dtype(device)
+    dtype = dtype or baseline_dtype(device)
     on_gpu = torch.device(device).type == "cuda"
     batch_size = batch_size or (64 if on_gpu else 16)
     ppl_batch_size = ppl_batch_size or (8 if on_gpu else 1)
     start = time.perf_counter()
     lm = load_eval_model(model, dtype)
+    if attn_implementation:
+        lm.model.set_attn_implementation(attn_implementation)
     lm.model.to(device)
     load_s = time.perf_counter() - start
     inputs = _prepare_inputs(lm, tasks, limit, text, ppl_tokens)
@@ -105,6 +111,7 @@ def evaluate(
         "model_arg": model,
         "device": str(device),
         "baseline_dtype": str(dtype).replace("torch.", ""),
+        "attn_implementation": getattr(lm.model.config, "_attn_implementation", None),
         "torch": torch.__version__,
         "batch_size": batch_size,
         "ppl_batch_size": ppl_batch_size,
