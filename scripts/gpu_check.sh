@@ -16,6 +16,12 @@ summary() { echo "== $1: $2" | tee -a "$OUT/summary.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/summary.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/summary.txt"
 
+# CUTLASS's headers for the fused sm90 GEMM: this machine is offline, so the wheel comes in .whl/.
+cutlass_wheel=$(ls .whl/nvidia_cutlass-*.whl 2>/dev/null | tail -1)
+[ -n "$cutlass_wheel" ] && python3 -m pip install -q --no-deps "$cutlass_wheel" 2>&1 | tail -3
+summary cutlass "$(python3 -m pip show nvidia-cutlass 2>/dev/null | grep -E '^Version' ||
+  echo 'not installed: the fused sm90 GEMM is left out of the build')"
+
 start=$SECONDS
 python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
 summary build "rc=$? in $((SECONDS - start)) s"

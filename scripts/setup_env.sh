@@ -13,4 +13,7 @@ fi
 # the build that matches the platform.
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
 "$PY" -m pip install -q "setuptools>=69" wheel "cmake>=3.28" ninja
+# CUTLASS's headers for the fused sm90 GEMM (setup.py finds them). --no-deps: its dependencies
+# (cuda-python, scipy, ...) serve CUTLASS's Python interface, which the build does not use.
+"$PY" -m pip install -q --no-deps "nvidia-cutlass==4.2.0.0"
 "$PY" -m pip install -q -e "$ROOT[test,hf,eval]" --no-build-isolation

@@ -405,6 +405,26 @@ def test_fused_int8_linear_equals_the_composed_five_ops(shape, threshold, capaci
     torch.testing.assert_close(fused.double(), composed.double(), rtol=tolerance, atol=tolerance * scale)
 
 
+# Shapes the Hopper GEMM takes (K % 16 == 0, N % 8 == 0) across its row buckets (<= 128, <= 1024,
+# larger), with N off the 128-column tile and M off every tile.
+@pytest.mark.parametrize("shape,n", [((1, 64), 8), ((17, 64), 136), ((100, 256), 64), ((129, 512), 264),
+                                     ((2, 300, 128), 512), ((1025, 64), 72), ((2048, 256), 128)])
+@pytest.mark.parametrize("threshold,capacity", [(THRESHOLD, 8), (0.0, 8)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_int8_linear_on_tensor_core_friendly_shapes(shape, n, threshold, capacity, with_bias, dtype, device):
+    k = shape[-1]
+    x = random_activations(shape, dtype, device, outlier_cols=[3, k // 2, k - 5])
+    # Per-channel scales that differ by channel, so a transposed broadcast would show.
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device) * torch.rand(n, 1, device=device))
+    bias = torch.randn(n, device=device).to(dtype) if with_bias else None
+    fused = ops.int8_linear(x, w_int8, w_absmax, bias, threshold, capacity)
+    composed = ops.int8_linear_composed(x, w_int8, w_absmax, bias, threshold, capacity)
+    assert fused.dtype == dtype and fused.shape == (*shape[:-1], n)
+    scale = composed.abs().max().item()
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(fused.double(), composed.double(), rtol=tolerance, atol=tolerance * scale)
+
+
 def test_fused_int8_linear_opcheck_and_bad_input(device):
     x = random_activations((5, 64), torch.float16, device, outlier_cols=[7])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(8, 64, device=device))

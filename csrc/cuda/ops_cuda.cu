@@ -6,12 +6,18 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <type_traits>
+#include <utility>
 
 #include "../checks.h"
 #include "../core/llmint8_core.h"
 #include "../reference.h"
+#include "int8_gemm_sm90.h"
 #include "int8_matmul_cublaslt.h"
 #include "int8_weight_linear.h"
 
@@ -19,12 +25,12 @@ namespace llmint8 {
 namespace {
 
 constexpr int kThreads = 256;
-// Rows one block of mark_outlier_columns scans: long enough to amortize the launch, short
-// enough that large M still spreads over every SM.
-constexpr int kRowsPerOutlierBlock = 64;
+constexpr int kWarpSize = 32;
 constexpr int kBitsPerWord = 32;
 // The exclusion bitmask lives in shared memory, whose default per-block limit is 48 KiB.
 constexpr size_t kMaxExclusionMaskBytes = 48 * 1024 - 1024;
+// Activations move in 16-byte accesses, the widest a thread can issue.
+constexpr int kVectorBytes = 16;
 
 LLMINT8_HOST_DEVICE int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
 
@@ -32,24 +38,142 @@ cudaStream_t current_stream(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 
+// Grid-stride launches are capped so huge tensors reuse threads instead of making giant grids.
+int64_t grid_stride_blocks(int64_t work) {
+  return std::max<int64_t>(1, std::min<int64_t>(blocks_for(work, kThreads), 65535));
+}
+
+// Blocks of `kernel` (at `threads` per block) the current GPU runs at once, i.e. one full wave.
+// The occupancy query costs host time, more than a small launch, so each answer is kept per
+// kernel and device.
+int64_t resident_blocks(const void* kernel, int threads) {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int64_t> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(kernel, device);
+  if (const auto hit = cache.find(key); hit != cache.end()) return hit->second;
+  int sms = 0, blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, 0));
+  return cache[key] = int64_t(sms) * std::max(blocks_per_sm, 1);
+}
+
+// kWidth consecutive elements moved as one memory access.
+template <typename T, int kWidth>
+struct alignas(sizeof(T) * kWidth) Packed {
+  T values[kWidth];
+};
+
 template <typename T>
-__global__ void mark_outlier_columns_kernel(const T* __restrict__ x, int64_t rows, int64_t cols,
-                                            float threshold, uint8_t* __restrict__ is_outlier) {
-  const int64_t col = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (col >= cols) return;
-  const int64_t first_row = blockIdx.y * int64_t(kRowsPerOutlierBlock);
-  const int64_t last_row = min(rows, first_row + kRowsPerOutlierBlock);
-  bool found = false;
-  for (int64_t r = first_row; r < last_row && !found; ++r) {
-    found = is_outlier_value(static_cast<float>(x[r * cols + col]), threshold);
+constexpr int kVectorWidth = kVectorBytes / sizeof(T);
+
+// Calls launch(std::integral_constant<int, width>) with the widest access x [*, cols] allows:
+// whole 16-byte vectors need every row to start 16-byte aligned, so cols a multiple of the
+// vector width and an aligned base (a contiguous slice may start anywhere); else one element.
+template <typename T, typename Launch>
+void with_access_width(const T* x, int64_t cols, Launch&& launch) {
+  const bool vectorizable = cols % kVectorWidth<T> == 0 && reinterpret_cast<uintptr_t>(x) % kVectorBytes == 0;
+  if (vectorizable) {
+    launch(std::integral_constant<int, kVectorWidth<T>>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
   }
-  // Every writer stores the same 1, so concurrent stores from other row blocks are benign.
-  if (found) is_outlier[col] = 1;
+}
+
+// Threads of a block side by side along a row (a power of two, so that the rest stack along the
+// rows): all of them for wide rows, just enough to cover narrow ones so that few threads idle.
+int column_lanes_for(int64_t width) {
+  int lanes = 1;
+  while (lanes < kThreads && lanes < width) lanes *= 2;
+  return lanes;
+}
+
+// Bit j set where element j of v is an outlier.
+template <typename T, int kWidth>
+__device__ __forceinline__ uint32_t outlier_bits(const Packed<T, kWidth>& v, float threshold) {
+  uint32_t bits = 0;
+#pragma unroll
+  for (int j = 0; j < kWidth; ++j) {
+    bits |= uint32_t(is_outlier_value(static_cast<float>(v.values[j]), threshold)) << j;
+  }
+  return bits;
+}
+
+// Independent loads each thread issues before using any: enough bytes in flight to cover the
+// memory latency at full occupancy.
+constexpr int kRowsInFlight = 4;
+
+// Each thread owns one group of kWidth consecutive columns (x viewed as [rows, groups] vectors)
+// and walks its block's chunk of rows, together with the other threads stacked on the same
+// columns. The block ORs their findings in shared memory and writes each flag once, only where
+// set, so the output sees a handful of stores instead of one per row.
+template <typename T, int kWidth>
+__global__ void __launch_bounds__(kThreads)
+mark_outlier_columns_kernel(const T* __restrict__ x, int64_t rows, int64_t groups, int column_lanes,
+                            int64_t rows_per_block, float threshold,
+                            uint8_t* __restrict__ is_outlier) {
+  __shared__ uint32_t found_in_block[kThreads];
+  const int column_lane = threadIdx.x % column_lanes, row_lane = threadIdx.x / column_lanes;
+  const int row_lanes = kThreads / column_lanes;
+  const int64_t group = blockIdx.x * int64_t(column_lanes) + column_lane;
+  const bool active = group < groups;  // no early return: every thread takes part in the barriers
+  if (row_lane == 0) found_in_block[column_lane] = 0;
+  __syncthreads();
+
+  uint32_t found = 0;
+  if (active) {
+    const auto* column = reinterpret_cast<const Packed<T, kWidth>*>(x) + group;
+    const int64_t first_row = blockIdx.y * rows_per_block;
+    const int64_t end_row = min(rows, first_row + rows_per_block);
+    for (int64_t row = first_row + row_lane; row < end_row; row += kRowsInFlight * row_lanes) {
+      // Rows past the chunk stay zero, which is never an outlier (the threshold is > 0 here).
+      Packed<T, kWidth> loaded[kRowsInFlight] = {};
+#pragma unroll
+      for (int i = 0; i < kRowsInFlight; ++i) {
+        const int64_t r = row + i * row_lanes;
+        if (r < end_row) loaded[i] = column[r * groups];
+      }
+#pragma unroll
+      for (int i = 0; i < kRowsInFlight; ++i) found |= outlier_bits(loaded[i], threshold);
+    }
+  }
+  if (found) atomicOr(&found_in_block[column_lane], found);
+  __syncthreads();
+  if (row_lane == 0 && active) {
+    const uint32_t bits = found_in_block[column_lane];
+#pragma unroll
+    for (int j = 0; j < kWidth; ++j) {
+      // Every writer stores the same 1, so stores from other row blocks are benign.
+      if ((bits >> j) & 1u) is_outlier[group * kWidth + j] = 1;
+    }
+  }
+}
+
+// One wave of blocks: a column block is one block's width of column groups, and the rows are cut
+// into as many chunks as the remaining resident blocks, so that M = 2048 already fills every SM
+// while large M gives each thread a long, latency-hiding walk down its columns.
+template <typename T, int kWidth>
+void launch_mark_outlier_columns(const T* x, int64_t rows, int64_t cols, float threshold,
+                                 uint8_t* is_outlier, cudaStream_t stream) {
+  const auto kernel = mark_outlier_columns_kernel<T, kWidth>;
+  const int64_t groups = cols / kWidth;
+  const int column_lanes = column_lanes_for(groups);
+  const int row_lanes = kThreads / column_lanes;
+  const int64_t column_blocks = blocks_for(groups, column_lanes);
+  const int64_t row_blocks_wanted =
+      std::max<int64_t>(1, resident_blocks(reinterpret_cast<const void*>(kernel), kThreads) / column_blocks);
+  const int64_t rows_per_block = std::max<int64_t>(row_lanes, blocks_for(rows, row_blocks_wanted));
+  const dim3 grid(column_blocks, blocks_for(rows, rows_per_block));
+  kernel<<<grid, kThreads, 0, stream>>>(x, rows, groups, column_lanes, rows_per_block, threshold, is_outlier);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // One block: a running exclusive scan over the column flags, writing ascending indices. A wide
-// block keeps the number of sequential tiles (and barriers) small for large K.
+// block with many flags per thread covers K <= 16384 in one tile, so one scan and one barrier.
 constexpr int kCompactThreads = 1024;
+constexpr int kFlagsPerThread = 16;
 
 __global__ void __launch_bounds__(kCompactThreads)
 compact_outlier_columns_kernel(const uint8_t* __restrict__ is_outlier, int64_t cols,
@@ -58,13 +182,18 @@ compact_outlier_columns_kernel(const uint8_t* __restrict__ is_outlier, int64_t c
   using Scan = cub::BlockScan<int32_t, kCompactThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   int32_t seen = 0;
-  for (int64_t base = 0; base < cols; base += kCompactThreads) {
-    const int64_t col = base + threadIdx.x;
-    const int32_t flag = col < cols ? is_outlier[col] : 0;
-    int32_t slot, tile_total;
-    Scan(scan_storage).ExclusiveSum(flag, slot, tile_total);
-    slot += seen;
-    if (flag && slot < capacity) outlier_cols[slot] = static_cast<int32_t>(col);
+  for (int64_t base = 0; base < cols; base += kCompactThreads * kFlagsPerThread) {
+    const int64_t first_col = base + int64_t(threadIdx.x) * kFlagsPerThread;
+    int32_t flags[kFlagsPerThread], slots[kFlagsPerThread];
+#pragma unroll
+    for (int j = 0; j < kFlagsPerThread; ++j) flags[j] = first_col + j < cols ? is_outlier[first_col + j] : 0;
+    int32_t tile_total;
+    Scan(scan_storage).ExclusiveSum(flags, slots, tile_total);
+#pragma unroll
+    for (int j = 0; j < kFlagsPerThread; ++j) {
+      const int64_t slot = seen + slots[j];
+      if (flags[j] && slot < capacity) outlier_cols[slot] = static_cast<int32_t>(first_col + j);
+    }
     seen += tile_total;
     __syncthreads();  // scan_storage is reused by the next tile
   }
@@ -72,22 +201,51 @@ compact_outlier_columns_kernel(const uint8_t* __restrict__ is_outlier, int64_t c
   if (threadIdx.x == 0) *count = seen;
 }
 
+// The column indices outlier_split reports: outlier_cols int32 [capacity] (ascending, -1
+// padded) and count int32 [] (every outlier column, which may exceed capacity).
+struct OutlierColumns {
+  at::Tensor cols;
+  at::Tensor count;
+};
+
+OutlierColumns find_outlier_columns(const at::Tensor& x_contig, double threshold, int64_t capacity) {
+  const int64_t rows = leading_rows(x_contig), cols = x_contig.size(-1);
+  const auto stream = current_stream(x_contig);
+  auto is_outlier = at::zeros({cols}, x_contig.options().dtype(at::kByte));
+  // Threshold 0 marks nothing, so x need not be read at all.
+  if (rows > 0 && cols > 0 && threshold > 0.0) {
+    LLMINT8_DISPATCH_FLOAT_TYPES(x_contig.scalar_type(), "outlier_split", [&] {
+      const auto* x = x_contig.const_data_ptr<scalar_t>();
+      with_access_width(x, cols, [&](auto width) {
+        launch_mark_outlier_columns<scalar_t, decltype(width)::value>(
+            x, rows, cols, static_cast<float>(threshold), is_outlier.mutable_data_ptr<uint8_t>(), stream);
+      });
+    });
+  }
+  OutlierColumns found{at::empty({capacity}, x_contig.options().dtype(at::kInt)),
+                       at::empty({}, x_contig.options().dtype(at::kInt))};
+  compact_outlier_columns_kernel<<<1, kCompactThreads, 0, stream>>>(
+      is_outlier.const_data_ptr<uint8_t>(), cols, capacity, found.cols.mutable_data_ptr<int32_t>(),
+      found.count.mutable_data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return found;
+}
+
+// x_outliers [rows, capacity], laid out like the mark kernel with slots for columns: each thread
+// reads its slot's column index once and walks rows, with no division to find its element.
 template <typename T>
 __global__ void gather_outlier_columns_kernel(const T* __restrict__ x, int64_t rows, int64_t cols,
                                               const int32_t* __restrict__ outlier_cols,
-                                              int64_t capacity, T* __restrict__ x_outliers) {
-  const int64_t total = rows * capacity;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = i / capacity;
-    const int32_t col = outlier_cols[i % capacity];
-    x_outliers[i] = col >= 0 ? x[row * cols + col] : static_cast<T>(0.0f);
+                                              int64_t capacity, int column_lanes, T* __restrict__ x_outliers) {
+  const int column_lane = threadIdx.x % column_lanes, row_lane = threadIdx.x / column_lanes;
+  const int row_lanes = kThreads / column_lanes;
+  const int64_t slot = blockIdx.x * int64_t(column_lanes) + column_lane;
+  if (slot >= capacity) return;
+  const int32_t col = outlier_cols[slot];
+  for (int64_t row = blockIdx.y * int64_t(row_lanes) + row_lane; row < rows;
+       row += int64_t(gridDim.y) * row_lanes) {
+    x_outliers[row * capacity + slot] = col >= 0 ? x[row * cols + col] : static_cast<T>(0.0f);
   }
-}
-
-// Grid-stride launches are capped so huge tensors reuse threads instead of making giant grids.
-int64_t grid_stride_blocks(int64_t work) {
-  return std::max<int64_t>(1, std::min<int64_t>(blocks_for(work, kThreads), 65535));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cuda(const at::Tensor& x,
@@ -98,97 +256,211 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cuda(const at::Tens
   const c10::cuda::CUDAGuard guard(x.device());
   const auto x_contig = x.contiguous();
   const int64_t rows = leading_rows(x), cols = x.size(-1);
-  const auto stream = current_stream(x);
-
-  auto is_outlier = at::zeros({cols}, x.options().dtype(at::kByte));
-  auto outlier_cols = at::empty({capacity}, x.options().dtype(at::kInt));
-  auto count = at::empty({}, x.options().dtype(at::kInt));
+  const auto outliers = find_outlier_columns(x_contig, threshold, capacity);
   auto x_outliers = at::empty(with_last_dim(x, capacity), x.options());
-  LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "outlier_split", [&] {
-    if (rows > 0 && cols > 0) {
-      const dim3 grid(blocks_for(cols, kThreads), blocks_for(rows, kRowsPerOutlierBlock));
-      mark_outlier_columns_kernel<<<grid, kThreads, 0, stream>>>(
-          x_contig.const_data_ptr<scalar_t>(), rows, cols, static_cast<float>(threshold),
-          is_outlier.mutable_data_ptr<uint8_t>());
+  if (rows * capacity > 0) {
+    const int column_lanes = column_lanes_for(capacity);
+    const dim3 grid(blocks_for(capacity, column_lanes),
+                    std::min<int64_t>(blocks_for(rows, kThreads / column_lanes), 65535));
+    LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "outlier_split", [&] {
+      gather_outlier_columns_kernel<<<grid, kThreads, 0, current_stream(x)>>>(
+          x_contig.const_data_ptr<scalar_t>(), rows, cols, outliers.cols.const_data_ptr<int32_t>(),
+          capacity, column_lanes, x_outliers.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    compact_outlier_columns_kernel<<<1, kCompactThreads, 0, stream>>>(
-        is_outlier.const_data_ptr<uint8_t>(), cols, capacity,
-        outlier_cols.mutable_data_ptr<int32_t>(), count.mutable_data_ptr<int32_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (rows * capacity > 0) {
-      gather_outlier_columns_kernel<<<grid_stride_blocks(rows * capacity), kThreads, 0, stream>>>(
-          x_contig.const_data_ptr<scalar_t>(), rows, cols, outlier_cols.const_data_ptr<int32_t>(),
-          capacity, x_outliers.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
-  return {outlier_cols, count, x_outliers};
+    });
+  }
+  return {outliers.cols, outliers.count, x_outliers};
 }
 
-// One block per row: absmax over the columns not excluded, then quantize. Excluded columns
-// arrive as an index list (-1 padded; anything outside [0, cols) is ignored, since checking it
-// would need a host synchronization) and become a bitmask in shared memory.
-template <typename T>
-__global__ void quantize_rows_kernel(const T* __restrict__ x, int64_t cols,
-                                     const int32_t* __restrict__ excluded_cols,
-                                     int64_t excluded_count, int8_t* __restrict__ q,
-                                     float* __restrict__ row_absmax) {
+// Max over the block (blockDim.x a multiple of the warp size, at most 1024); valid in thread 0.
+// Inputs are >= 0 and never NaN, so 0 is a neutral fill and the order of the maxima is free.
+__device__ __forceinline__ float block_max(float value, float* warp_maxima) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  }
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  if (lane == 0) warp_maxima[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    value = lane < blockDim.x / kWarpSize ? warp_maxima[lane] : 0.0f;
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+      value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    }
+  }
+  return value;
+}
+
+// Largest |element| of v among those whose bit in excluded is clear (NaN never wins, as in the
+// CPU loop).
+template <typename T, int kWidth>
+__device__ __forceinline__ float kept_absmax(const Packed<T, kWidth>& v, uint32_t excluded) {
+  float absmax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kWidth; ++j) {
+    if (!((excluded >> j) & 1u)) absmax = fmaxf(absmax, fabsf(static_cast<float>(v.values[j])));
+  }
+  return absmax;
+}
+
+template <typename T, int kWidth>
+__device__ __forceinline__ Packed<int8_t, kWidth> quantize_packed(const Packed<T, kWidth>& v,
+                                                                  uint32_t excluded, float step) {
+  Packed<int8_t, kWidth> q;
+#pragma unroll
+  for (int j = 0; j < kWidth; ++j) {
+    q.values[j] = (excluded >> j) & 1u ? int8_t{0} : quantize_value(static_cast<float>(v.values[j]), step);
+  }
+  return q;
+}
+
+// A block keeps its row in registers between the absmax and the quantize pass, so that x is
+// read from memory once: kCachedVectors vectors per thread and at most 4096 per block (K = 32768
+// 16-bit or 16384 fp32 columns in 16-byte vectors), which keeps 4 per thread within 64 registers
+// and 8 within 128. Longer rows re-read the rest, mostly from L1/L2.
+constexpr int kMaxCachedVectorsPerBlock = 4096;
+
+// One block per row, x viewed as kWidth-element vectors: absmax over the columns not excluded,
+// then quantize. Excluded columns arrive as an index list (-1 padded; anything outside [0, cols)
+// is ignored, since checking it would need a host synchronization) and become a bitmask in
+// shared memory. With x_outliers (nullable) the block also copies the listed columns of its row
+// into x_outliers [rows, excluded_count] (zero for ignored entries): outlier_split's gather,
+// done while the row is in cache.
+template <typename T, int kWidth, int kCachedVectors>
+__global__ void __launch_bounds__(kMaxCachedVectorsPerBlock / kCachedVectors)
+quantize_rows_kernel(const T* __restrict__ x, int64_t cols, const int32_t* __restrict__ excluded_cols,
+                     int64_t excluded_count, int8_t* __restrict__ q, float* __restrict__ row_absmax,
+                     T* __restrict__ x_outliers) {
+  static_assert(kBitsPerWord % kWidth == 0, "a vector's exclusion bits must share one word");
   extern __shared__ uint32_t excluded_bits[];
-  using Reduce = cub::BlockReduce<float, kThreads>;
-  __shared__ typename Reduce::TempStorage reduce_storage;
+  __shared__ float warp_maxima[kMaxCachedVectorsPerBlock / kCachedVectors / kWarpSize];
   __shared__ float step;
 
+  using Vector = Packed<T, kWidth>;
+  const int64_t row = blockIdx.x;
+  const T* x_row = x + row * cols;
+  const auto* vectors = reinterpret_cast<const Vector*>(x_row);
+  const int64_t vector_count = cols / kWidth;
+  auto cached_index = [&](int i) { return threadIdx.x + int64_t(i) * blockDim.x; };
+  const int64_t first_uncached = int64_t(kCachedVectors) * blockDim.x;
+
+  // The row's loads go out before the mask is built, so that their latency and that of reading
+  // excluded_cols overlap.
+  Vector cached[kCachedVectors];
+#pragma unroll
+  for (int i = 0; i < kCachedVectors; ++i) {
+    if (cached_index(i) < vector_count) cached[i] = vectors[cached_index(i)];
+  }
+
   const int64_t words = excluded_cols ? blocks_for(cols, kBitsPerWord) : 0;
-  for (int64_t w = threadIdx.x; w < words; w += kThreads) excluded_bits[w] = 0;
+  for (int64_t w = threadIdx.x; w < words; w += blockDim.x) excluded_bits[w] = 0;
   __syncthreads();
-  for (int64_t slot = threadIdx.x; slot < excluded_count; slot += kThreads) {
+  for (int64_t slot = threadIdx.x; slot < excluded_count; slot += blockDim.x) {
     const int32_t col = excluded_cols[slot];
     if (col >= 0 && col < cols) atomicOr(&excluded_bits[col / kBitsPerWord], 1u << (col % kBitsPerWord));
   }
   __syncthreads();
-  auto excluded = [&](int64_t col) {
-    return words > 0 && (excluded_bits[col / kBitsPerWord] >> (col % kBitsPerWord)) & 1u;
+  // Bit j: whether column v * kWidth + j is excluded.
+  auto excluded = [&](int64_t v) -> uint32_t {
+    if (words == 0) return 0u;
+    const int64_t col = v * kWidth;
+    return (excluded_bits[col / kBitsPerWord] >> (col % kBitsPerWord)) & ((1u << kWidth) - 1u);
   };
 
-  const T* row = x + blockIdx.x * cols;
   float absmax = 0.0f;
-  for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
-    if (!excluded(c)) absmax = fmaxf(absmax, fabsf(static_cast<float>(row[c])));
+#pragma unroll
+  for (int i = 0; i < kCachedVectors; ++i) {
+    const int64_t v = cached_index(i);
+    if (v < vector_count) absmax = fmaxf(absmax, kept_absmax(cached[i], excluded(v)));
   }
-  absmax = Reduce(reduce_storage).Reduce(absmax, [](float a, float b) { return fmaxf(a, b); });
+  for (int64_t v = first_uncached + threadIdx.x; v < vector_count; v += blockDim.x) {
+    const Vector loaded = vectors[v];  // a copy, so that it is one wide load, not kWidth narrow ones
+    absmax = fmaxf(absmax, kept_absmax(loaded, excluded(v)));
+  }
+
+  if (x_outliers) {
+    for (int64_t slot = threadIdx.x; slot < excluded_count; slot += blockDim.x) {
+      const int32_t col = excluded_cols[slot];
+      x_outliers[row * excluded_count + slot] = col >= 0 && col < cols ? x_row[col] : static_cast<T>(0.0f);
+    }
+  }
+
+  absmax = block_max(absmax, warp_maxima);
   if (threadIdx.x == 0) {
-    row_absmax[blockIdx.x] = absmax;
+    row_absmax[row] = absmax;
     step = inverse_step(absmax);
   }
   __syncthreads();
-  int8_t* q_row = q + blockIdx.x * cols;
-  for (int64_t c = threadIdx.x; c < cols; c += kThreads) {
-    q_row[c] = excluded(c) ? int8_t{0} : quantize_value(static_cast<float>(row[c]), step);
+  const float row_step = step;
+  auto* q_vectors = reinterpret_cast<Packed<int8_t, kWidth>*>(q + row * cols);
+#pragma unroll
+  for (int i = 0; i < kCachedVectors; ++i) {
+    const int64_t v = cached_index(i);
+    if (v < vector_count) q_vectors[v] = quantize_packed(cached[i], excluded(v), row_step);
   }
+  for (int64_t v = first_uncached + threadIdx.x; v < vector_count; v += blockDim.x) {
+    const Vector loaded = vectors[v];
+    q_vectors[v] = quantize_packed(loaded, excluded(v), row_step);
+  }
+}
+
+// Rows of up to this many vectors get 4 per thread, longer ones 8. Measured on an H100: 4 per
+// thread wins at K = 4096 (more threads per row, shorter blocks), 8 at K = 14336, where 4 would
+// need 448-thread blocks that only fit twice per SM and leave a quarter of the registers idle.
+constexpr int64_t kMaxVectorsForShallowCache = 1024;
+
+template <typename T, int kWidth, int kCachedVectors>
+void launch_quantize_rows_kernel(const T* x, int64_t rows, int64_t cols, const int32_t* excluded,
+                                 int64_t excluded_count, size_t shared_bytes, int8_t* q,
+                                 float* absmax, T* x_outliers, cudaStream_t stream) {
+  // As few warps as keep the row in registers: fewer barriers per row, more rows per SM.
+  const int64_t threads_wanted = blocks_for(blocks_for(cols / kWidth, kCachedVectors), kWarpSize) * kWarpSize;
+  const int threads = static_cast<int>(
+      std::clamp<int64_t>(threads_wanted, kWarpSize, kMaxCachedVectorsPerBlock / kCachedVectors));
+  quantize_rows_kernel<T, kWidth, kCachedVectors><<<rows, threads, shared_bytes, stream>>>(
+      x, cols, excluded, excluded_count, q, absmax, x_outliers);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Quantizes x_contig [*, K] row by row into q / absmax, excluding the columns listed in
+// excluded_cols (undefined: none) and, where x_outliers is defined, copying those columns into it.
+void launch_quantize_rows(const at::Tensor& x_contig, const at::Tensor& excluded_cols,
+                          at::Tensor& q, at::Tensor& absmax, const at::Tensor& x_outliers) {
+  const int64_t rows = leading_rows(x_contig), cols = x_contig.size(-1);
+  if (rows == 0) return;
+  const int32_t* excluded = excluded_cols.defined() ? excluded_cols.const_data_ptr<int32_t>() : nullptr;
+  const int64_t excluded_count = excluded_cols.defined() ? excluded_cols.numel() : 0;
+  const size_t shared_bytes = excluded ? blocks_for(cols, kBitsPerWord) * sizeof(uint32_t) : 0;
+  TORCH_CHECK(shared_bytes <= kMaxExclusionMaskBytes, "x's last dimension (", cols,
+              ") is too large for outlier_cols on CUDA: at most ", kMaxExclusionMaskBytes * 8,
+              " columns");
+  LLMINT8_DISPATCH_FLOAT_TYPES(x_contig.scalar_type(), "quantize_rows", [&] {
+    const auto* x = x_contig.const_data_ptr<scalar_t>();
+    auto* outliers = x_outliers.defined() ? x_outliers.mutable_data_ptr<scalar_t>() : nullptr;
+    with_access_width(x, cols, [&](auto width) {
+      constexpr int kWidth = decltype(width)::value;
+      auto* q_data = q.mutable_data_ptr<int8_t>();
+      auto* absmax_data = absmax.mutable_data_ptr<float>();
+      const auto stream = current_stream(x_contig);
+      if (cols / kWidth <= kMaxVectorsForShallowCache) {
+        launch_quantize_rows_kernel<scalar_t, kWidth, 4>(x, rows, cols, excluded, excluded_count, shared_bytes,
+                                                         q_data, absmax_data, outliers, stream);
+      } else {
+        launch_quantize_rows_kernel<scalar_t, kWidth, 8>(x, rows, cols, excluded, excluded_count, shared_bytes,
+                                                         q_data, absmax_data, outliers, stream);
+      }
+    });
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x,
                                                       const std::optional<at::Tensor>& outlier_cols) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto x_contig = x.contiguous();
-  const int64_t rows = leading_rows(x), cols = x.size(-1);
   auto q = at::empty(x.sizes(), x.options().dtype(at::kChar));
   auto absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
-  if (rows == 0) return {q, absmax};
   const auto cols_contig = outlier_cols.has_value() ? outlier_cols->contiguous() : at::Tensor();
-  const int32_t* excluded = cols_contig.defined() ? cols_contig.const_data_ptr<int32_t>() : nullptr;
-  const int64_t excluded_count = cols_contig.defined() ? cols_contig.numel() : 0;
-  const size_t shared_bytes = excluded ? blocks_for(cols, kBitsPerWord) * sizeof(uint32_t) : 0;
-  TORCH_CHECK(shared_bytes <= kMaxExclusionMaskBytes, "x's last dimension (", cols,
-              ") is too large for outlier_cols on CUDA: at most ", kMaxExclusionMaskBytes * 8,
-              " columns");
-  LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "quantize_rows", [&] {
-    quantize_rows_kernel<<<rows, kThreads, shared_bytes, current_stream(x)>>>(
-        x_contig.const_data_ptr<scalar_t>(), cols, excluded, excluded_count,
-        q.mutable_data_ptr<int8_t>(), absmax.mutable_data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  launch_quantize_rows(x.contiguous(), cols_contig, q, absmax, at::Tensor());
   return {q, absmax};
 }
 
@@ -243,18 +515,20 @@ at::Tensor dequant_outer_cuda(const at::Tensor& acc, const at::Tensor& row_absma
   return out;
 }
 
-// w_cols_t [capacity, N] fp32: the weight columns named by outlier_cols, dequantized (zero for
-// padded slots), transposed so the epilogue reads them coalesced along N.
+// w_cols_t [capacity, N]: the weight columns named by outlier_cols, dequantized in fp32 (zero for
+// padded slots) and stored as Out, transposed so that readers go coalesced along N.
+template <typename Out>
 __global__ void gather_weight_columns_kernel(const int8_t* __restrict__ w, int64_t n_dim,
                                              int64_t k_dim, const float* __restrict__ w_absmax,
                                              const int32_t* __restrict__ outlier_cols,
-                                             int64_t capacity, float* __restrict__ w_cols_t) {
+                                             int64_t capacity, Out* __restrict__ w_cols_t) {
   const int64_t total = capacity * n_dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t slot = i / n_dim, n = i % n_dim;
     const int32_t col = outlier_cols[slot];
-    w_cols_t[i] = col >= 0 ? static_cast<float>(w[n * k_dim + col]) * (w_absmax[n] / kInt8Max) : 0.0f;
+    w_cols_t[i] = static_cast<Out>(
+        col >= 0 ? static_cast<float>(w[n * k_dim + col]) * (w_absmax[n] / kInt8Max) : 0.0f);
   }
 }
 
@@ -322,50 +596,115 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
   }
 }
 
+
+// The activation side of int8_linear: x quantized row-wise with its outlier columns split off.
+// Without a split (threshold 0 or capacity 0) the outlier tensors are undefined.
+struct QuantizedActivations {
+  at::Tensor x_int8;         // int8, x's shape
+  at::Tensor x_absmax;       // fp32 [*], per row over the columns not split off
+  at::Tensor outlier_cols;   // int32 [capacity], ascending, -1 padded
+  at::Tensor outlier_count;  // int32 [], may exceed capacity
+  at::Tensor x_outliers;     // x's dtype [*, capacity], zero in padded slots
+
+  bool has_outliers() const { return outlier_cols.defined(); }
+};
+
+// mark -> compact -> quantize: the gather of x_outliers rides along with the quantize pass, which
+// reads every row anyway.
+QuantizedActivations quantize_activations(const at::Tensor& x, double threshold, int64_t capacity) {
+  const auto x_contig = x.contiguous();
+  QuantizedActivations a;
+  a.x_int8 = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  a.x_absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
+  if (threshold > 0.0 && capacity > 0) {
+    auto outliers = find_outlier_columns(x_contig, threshold, capacity);
+    a.outlier_cols = std::move(outliers.cols);
+    a.outlier_count = std::move(outliers.count);
+    a.x_outliers = at::empty(with_last_dim(x, capacity), x.options());
+  }
+  launch_quantize_rows(x_contig, a.outlier_cols, a.x_int8, a.x_absmax, a.x_outliers);
+  return a;
+}
+
+// w_cols_t [capacity, N] of dtype: the weight columns named by outlier_cols, dequantized.
+at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& weight_scale,
+                                 const at::Tensor& outlier_cols, at::ScalarType dtype) {
+  const int64_t n_dim = weight.size(0), k_dim = weight.size(1), capacity = outlier_cols.numel();
+  auto w_cols_t = at::empty({capacity, n_dim}, weight_scale.options().dtype(dtype));
+  if (w_cols_t.numel() == 0) return w_cols_t;
+  LLMINT8_DISPATCH_FLOAT_TYPES(dtype, "gather_weight_columns", [&] {
+    gather_weight_columns_kernel<<<grid_stride_blocks(capacity * n_dim), kThreads, 0, current_stream(weight)>>>(
+        weight.const_data_ptr<int8_t>(), n_dim, k_dim, weight_scale.const_data_ptr<float>(),
+        outlier_cols.const_data_ptr<int32_t>(), capacity, w_cols_t.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return w_cols_t;
+}
+
+// The GEMM side of int8_linear, the step another int8 GEMM can replace: out [*, N] =
+// dequant(a.x_int8 @ weight_int8^T) + bias + a.x_outliers @ (weight's outlier columns)^T.
+void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& weight_int8,
+                             const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
+                             at::Tensor& out) {
+  const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
+  const auto acc = int8_matmul_cuda(a.x_int8, weight_int8);
+  const auto weight_scale = weight_absmax.contiguous();
+  const auto w_cols_t = a.has_outliers()
+                            ? gather_weight_columns(weight_int8.contiguous(), weight_scale, a.outlier_cols,
+                                                    at::kFloat)
+                            : at::Tensor();
+  const int64_t capacity = a.has_outliers() ? a.outlier_cols.numel() : 0;
+  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const dim3 grid(blocks_for(n_dim, kThreads), std::min<int64_t>(blocks_for(rows, kEpilogueRows), 65535));
+  LLMINT8_DISPATCH_FLOAT_TYPES(out.scalar_type(), "int8_linear", [&] {
+    dequant_with_outliers_kernel<scalar_t><<<grid, kThreads, 0, current_stream(out)>>>(
+        acc.const_data_ptr<int32_t>(), rows, n_dim, a.x_absmax.const_data_ptr<float>(),
+        weight_scale.const_data_ptr<float>(),
+        bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr,
+        a.has_outliers() ? a.x_outliers.const_data_ptr<scalar_t>() : nullptr,
+        a.has_outliers() ? w_cols_t.const_data_ptr<float>() : nullptr,
+        a.has_outliers() ? a.outlier_count.const_data_ptr<int32_t>() : nullptr, capacity,
+        out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// The same result on Hopper with the dequantization inside the int8 GEMM's epilogue, so the int32
+// product never goes to memory. The outlier product is a small 16-bit GEMM (K = capacity) whose
+// result the epilogue reads as its addend; it is rounded to 16 bits once before the sum, as in the
+// five-op composition.
+void int8_gemm_with_outliers_sm90(const QuantizedActivations& a, const at::Tensor& weight_int8,
+                                  const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
+                                  at::Tensor& out) {
+  const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
+  const auto weight_scale = weight_absmax.contiguous();
+  auto out2d = out.view({rows, n_dim});
+  at::Tensor addend;
+  if (a.has_outliers()) {
+    const auto w_cols_t = gather_weight_columns(weight_int8, weight_scale, a.outlier_cols, out.scalar_type());
+    addend = at::mm(a.x_outliers.view({rows, -1}), w_cols_t);
+  }
+  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  int8_scaled_gemm_sm90(a.x_int8.view({rows, -1}), weight_int8, a.x_absmax.view({rows}), weight_scale,
+                        bias_f32, addend, out2d);
+}
+
 at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
                             const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
                             double threshold, int64_t capacity) {
   check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
   check_outlier_arguments(threshold, capacity);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t rows = leading_rows(x), n_dim = weight_int8.size(0), k_dim = weight_int8.size(1);
-  auto out = at::empty(with_last_dim(x, n_dim), x.options());
+  auto out = at::empty(with_last_dim(x, weight_int8.size(0)), x.options());
   if (out.numel() == 0) return out;
-  const bool split = threshold > 0.0 && capacity > 0;
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> outliers;
-  if (split) outliers = outlier_split_cuda(x, threshold, capacity);
-  const at::Tensor& outlier_cols = std::get<0>(outliers);
-  const at::Tensor& count = std::get<1>(outliers);
-  const at::Tensor& x_outliers = std::get<2>(outliers);
-  const auto quantized =
-      quantize_rows_cuda(x, split ? std::optional<at::Tensor>(outlier_cols) : std::nullopt);
-  const at::Tensor& x_int8 = std::get<0>(quantized);
-  const at::Tensor& x_absmax = std::get<1>(quantized);
-  const auto acc = int8_matmul_cuda(x_int8, weight_int8);
+  const auto activations = quantize_activations(x, threshold, capacity);
   const auto weight = weight_int8.contiguous();
-  const auto weight_scale = weight_absmax.contiguous();
-  const auto stream = current_stream(x);
-  at::Tensor w_cols_t;
-  if (split) {
-    w_cols_t = at::empty({capacity, n_dim}, x.options().dtype(at::kFloat));
-    gather_weight_columns_kernel<<<grid_stride_blocks(capacity * n_dim), kThreads, 0, stream>>>(
-        weight.const_data_ptr<int8_t>(), n_dim, k_dim, weight_scale.const_data_ptr<float>(),
-        outlier_cols.const_data_ptr<int32_t>(), capacity, w_cols_t.mutable_data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto x_int8_2d = activations.x_int8.view({leading_rows(x), x.size(-1)});
+  if (int8_scaled_gemm_sm90_applies(x_int8_2d, weight, out.scalar_type())) {
+    int8_gemm_with_outliers_sm90(activations, weight, weight_absmax, bias, out);
+  } else {
+    int8_gemm_with_outliers(activations, weight, weight_absmax, bias, out);
   }
-  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  const dim3 grid(blocks_for(n_dim, kThreads), std::min<int64_t>(blocks_for(rows, kEpilogueRows), 65535));
-  LLMINT8_DISPATCH_FLOAT_TYPES(x.scalar_type(), "int8_linear", [&] {
-    dequant_with_outliers_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        acc.const_data_ptr<int32_t>(), rows, n_dim, x_absmax.const_data_ptr<float>(),
-        weight_scale.const_data_ptr<float>(),
-        bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr,
-        split ? x_outliers.const_data_ptr<scalar_t>() : nullptr,
-        split ? w_cols_t.const_data_ptr<float>() : nullptr,
-        split ? count.const_data_ptr<int32_t>() : nullptr, capacity,
-        out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
   return out;
 }
 

@@ -42,6 +42,7 @@ def load_eval_model(name: str, dtype: torch.dtype) -> EvalModel:
     if name == DEFAULT_MODEL:
         return _load_hf_gguf(fetch_smollm2_gguf(cache_dir()), dtype, "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)")
     if name == GEMMA3:
+        _require_transformers_for_gemma3_gguf()
         return _load_hf_gguf(fetch_gemma3_gguf(cache_dir()), dtype, "Gemma-3-270M (Q4_K_M GGUF, dequantized)")
     if name.endswith(".gguf"):
         return _load_hf_gguf(Path(name), dtype, Path(name).name)
@@ -85,6 +86,20 @@ def _join_parts(parts: list[Path], target: Path) -> None:
         if check.read(4) != b"GGUF":
             raise DemoError(f"joined {[p.name for p in parts]} do not start with the GGUF magic")
     partial.replace(target)
+
+
+# transformers 5.17 loads this GGUF into a model that still writes fluent text but scores PIQA at
+# chance (item 0: -497 nats vs -104 with 5.23), so an older version would report wrong numbers.
+GEMMA3_GGUF_MIN_TRANSFORMERS = (5, 23)
+
+
+def _require_transformers_for_gemma3_gguf() -> None:
+    import transformers
+
+    version = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+    if version < GEMMA3_GGUF_MIN_TRANSFORMERS:
+        raise DemoError(f"Gemma-3 GGUF needs transformers >= 5.23 (found {transformers.__version__}: "
+                        "5.17 mis-loads its weights)")
 
 
 def _load_hf_gguf(path: Path, dtype: torch.dtype, display_name: str) -> EvalModel:

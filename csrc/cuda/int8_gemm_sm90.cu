@@ -1,0 +1,337 @@
+// Hopper int8 x int8 GEMM (CUTLASS 3 warp-specialized wgmma + TMA) with a dequantizing epilogue.
+//
+// In CUTLASS's M x N x K terms, a [M, K] row-major is a K-major A and b [N, K] row-major is a
+// K-major ("column-major") B: the only layout pair int8 wgmma accepts. The int32 accumulator
+// never leaves the registers: an epilogue visitor tree scales it by row_absmax (one value per
+// row m, a column-vector broadcast), col_absmax and bias (one value per column n, row-vector
+// broadcasts), adds the 16-bit addend read as the GEMM's C operand, and rounds once to fp16/bf16.
+#include "int8_gemm_sm90.h"
+
+#include <c10/util/Exception.h>
+
+#if defined(LLMINT8_WITH_CUTLASS_SM90)
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cute/tensor.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/util/packed_stride.hpp>
+
+#include "../core/llmint8_core.h"
+
+namespace llmint8 {
+namespace {
+
+using namespace cute;
+namespace fusion = cutlass::epilogue::fusion;
+
+// TMA needs 16-byte aligned base addresses and row strides.
+constexpr int64_t kTmaAlignmentBytes = 16;
+// Problem extents are int in CUTLASS's problem shape.
+constexpr int64_t kMaxExtent = std::numeric_limits<int>::max();
+
+// float(acc) * (row_absmax * col_absmax / 127^2) + bias [+ addend]: dequantize_value's order,
+// so that the fused result matches the unfused dequant kernel bit for bit before the addend.
+template <class Fragment>
+struct DequantizeFragment {
+  template <class... Addend>
+  CUTLASS_HOST_DEVICE Fragment operator()(Fragment const& acc, Fragment const& row_absmax,
+                                          Fragment const& col_absmax, Fragment const& bias,
+                                          Addend const&... addend) const {
+    Fragment out;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < static_cast<int>(Fragment::kElements); ++i) {
+      out[i] = acc[i] * (row_absmax[i] * col_absmax[i] * kInvInt8MaxSquared) + bias[i];
+      ((out[i] += addend[i]), ...);
+    }
+    return out;
+  }
+};
+
+// Stages = 0: the broadcasts are read once per tile, not pipelined through shared memory.
+// M is arbitrary, so row_absmax promises no vector alignment (a vector load could cross M).
+template <class TileShape>
+using RowAbsmaxBroadcast =
+    fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>, /*Alignment=*/1>;
+// A null pointer reads as 0 (EnableNullptr), which is how an absent bias costs nothing extra.
+template <class TileShape>
+using PerColumnBroadcast = fusion::Sm90RowBroadcast<0, TileShape, float, float>;
+
+// Addend is empty or the C operand fetch (Sm90SrcFetch).
+template <class TileShape, class Out, class... Addend>
+using DequantizeTree = fusion::Sm90EVT<
+    fusion::Sm90Compute<DequantizeFragment, Out, float, cutlass::FloatRoundStyle::round_to_nearest>,
+    fusion::Sm90AccFetch, RowAbsmaxBroadcast<TileShape>, PerColumnBroadcast<TileShape>,
+    PerColumnBroadcast<TileShape>, Addend...>;
+
+template <class TileShape_, class ClusterShape_, class KernelSchedule_, class EpilogueSchedule_,
+          class TileScheduler_>
+struct KernelConfig {
+  using TileShape = TileShape_;
+  using ClusterShape = ClusterShape_;
+  using KernelSchedule = KernelSchedule_;
+  using EpilogueSchedule = EpilogueSchedule_;
+  using TileScheduler = TileScheduler_;
+};
+
+// Decode-sized M: few output tiles, so stream-K splits K across all SMs rather than leaving
+// most of them idle; a 1x1 cluster keeps stream-K's work units unconstrained. Exact int32
+// partial sums make the split deterministic. Stream-K needs the cooperative kernel, whose tile
+// has at least 128 rows; for M <= 64 that wastes MMAs, but decode is bound by reading weights.
+using SmallRowsConfig =
+    KernelConfig<Shape<_128, _128, _128>, Shape<_1, _1, _1>,
+                 cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                 cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
+// Mid-sized M: 128x128 tiles still fill the GPU; ping-pong overlaps one warpgroup's epilogue
+// (which streams the addend in) with the other's mainloop. The 2x1 cluster multicasts each
+// weight tile to two CTAs.
+using MediumRowsConfig =
+    KernelConfig<Shape<_128, _128, _128>, Shape<_2, _1, _1>,
+                 cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                 cutlass::epilogue::TmaWarpSpecialized, cutlass::gemm::PersistentScheduler>;
+// Prefill-sized M: the wide tile loads a quarter fewer operand bytes per output; a 128x256
+// accumulator needs both warpgroups (cooperative), as one warpgroup would run out of registers.
+using LargeRowsConfig =
+    KernelConfig<Shape<_128, _256, _128>, Shape<_2, _1, _1>,
+                 cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                 cutlass::epilogue::TmaWarpSpecializedCooperative,
+                 cutlass::gemm::PersistentScheduler>;
+constexpr int64_t kSmallRowsMax = 128;
+constexpr int64_t kMediumRowsMax = 1024;
+
+template <class Config, class Out, bool kWithAddend>
+struct ScaledGemm {
+  // Without an addend C is void: no C load, no C shared memory (a null C pointer is not skipped).
+  using ElementC = std::conditional_t<kWithAddend, Out, void>;
+  using TileShape = typename Config::TileShape;
+  using Fusion = std::conditional_t<kWithAddend,
+                                    DequantizeTree<TileShape, Out, fusion::Sm90SrcFetch<Out>>,
+                                    DequantizeTree<TileShape, Out>>;
+  static constexpr int kAlignmentInt8 = kTmaAlignmentBytes;
+  static constexpr int kAlignmentOut = kTmaAlignmentBytes / sizeof(Out);
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape,
+      typename Config::ClusterShape, cutlass::epilogue::collective::EpilogueTileAuto, int32_t,
+      float, ElementC, cutlass::layout::RowMajor, kAlignmentOut, Out, cutlass::layout::RowMajor,
+      kAlignmentOut, typename Config::EpilogueSchedule, Fusion>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, cutlass::layout::RowMajor,
+      kAlignmentInt8, int8_t, cutlass::layout::ColumnMajor, kAlignmentInt8, int32_t, TileShape,
+      typename Config::ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename Epilogue::SharedStorage))>,
+      typename Config::KernelSchedule>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      typename Config::TileScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+// Raw operands of one call; bias and addend may be null.
+struct ScaledGemmOperands {
+  const int8_t* a;
+  const int8_t* b;
+  const float* row_absmax;
+  const float* col_absmax;
+  const float* bias;
+  const void* addend;
+  void* out;
+  int m, n, k;
+};
+
+void check_cutlass(cutlass::Status status, const char* what) {
+  TORCH_CHECK(status == cutlass::Status::kSuccess, "llmint8: CUTLASS sm90 int8 GEMM ", what,
+              " failed: ", cutlassGetStatusString(status));
+}
+
+int device_attribute(cudaDeviceAttr attribute, int device) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
+}
+
+template <class Config, class Out, bool kWithAddend>
+typename ScaledGemm<Config, Out, kWithAddend>::Gemm::Arguments gemm_arguments(
+    const ScaledGemmOperands& op, int device) {
+  using Kernel = typename ScaledGemm<Config, Out, kWithAddend>::Kernel;
+  using ElementC = typename ScaledGemm<Config, Out, kWithAddend>::ElementC;
+  const auto stride_a =
+      cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, make_shape(op.m, op.k, 1));
+  const auto stride_b =
+      cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, make_shape(op.n, op.k, 1));
+  const auto stride_c =
+      cutlass::make_cute_packed_stride(typename Kernel::StrideC{}, make_shape(op.m, op.n, 1));
+  const auto stride_d =
+      cutlass::make_cute_packed_stride(typename Kernel::StrideD{}, make_shape(op.m, op.n, 1));
+
+  typename Kernel::EpilogueArguments epilogue{};
+  // Children in DequantizeTree's order, then the compute node's (empty) arguments.
+  if constexpr (kWithAddend) {
+    epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {op.bias}, {}, {}};
+  } else {
+    epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {op.bias}, {}};
+  }
+  epilogue.ptr_C = static_cast<const ElementC*>(op.addend);
+  epilogue.dC = stride_c;
+  epilogue.ptr_D = static_cast<Out*>(op.out);
+  epilogue.dD = stride_d;
+
+  cutlass::KernelHardwareInfo hw_info;
+  hw_info.device_id = device;
+  hw_info.sm_count = device_attribute(cudaDevAttrMultiProcessorCount, device);
+  return {cutlass::gemm::GemmUniversalMode::kGemm,
+          {op.m, op.n, op.k, 1},
+          {op.a, stride_a, op.b, stride_b},
+          epilogue,
+          hw_info};
+}
+
+template <class Config, class Out, bool kWithAddend>
+void run_scaled_gemm(const ScaledGemmOperands& op, const at::Device& device) {
+  using Gemm = typename ScaledGemm<Config, Out, kWithAddend>::Gemm;
+  const auto arguments = gemm_arguments<Config, Out, kWithAddend>(op, device.index());
+  Gemm gemm;
+  check_cutlass(gemm.can_implement(arguments), "can_implement");
+  // Stream-K keeps partial sums here; the caching allocator makes it safe under graph capture.
+  const auto workspace = at::empty({static_cast<int64_t>(Gemm::get_workspace_size(arguments))},
+                                   at::TensorOptions().dtype(at::kByte).device(device));
+  const auto stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  check_cutlass(gemm.initialize(arguments, workspace.data_ptr(), stream), "initialize");
+  check_cutlass(gemm.run(stream), "launch");
+}
+
+template <class Out, bool kWithAddend>
+void run_for_rows(const ScaledGemmOperands& op, const at::Device& device) {
+  if (op.m <= kSmallRowsMax) {
+    run_scaled_gemm<SmallRowsConfig, Out, kWithAddend>(op, device);
+  } else if (op.m <= kMediumRowsMax) {
+    run_scaled_gemm<MediumRowsConfig, Out, kWithAddend>(op, device);
+  } else {
+    run_scaled_gemm<LargeRowsConfig, Out, kWithAddend>(op, device);
+  }
+}
+
+template <class Out>
+void run_for_addend(const ScaledGemmOperands& op, const at::Device& device) {
+  if (op.addend) {
+    run_for_rows<Out, true>(op, device);
+  } else {
+    run_for_rows<Out, false>(op, device);
+  }
+}
+
+bool is_aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % kTmaAlignmentBytes == 0;
+}
+
+bool is_int8_matrix(const at::Tensor& t) {
+  return t.is_cuda() && t.scalar_type() == at::kChar && t.dim() == 2 && t.is_contiguous() &&
+         is_aligned(t);
+}
+
+bool is_compute_capability_90(const at::Device& device) {
+  return device_attribute(cudaDevAttrComputeCapabilityMajor, device.index()) == 9 &&
+         device_attribute(cudaDevAttrComputeCapabilityMinor, device.index()) == 0;
+}
+
+void check_on_device(const at::Tensor& t, const char* name, at::ScalarType dtype,
+                     const at::Device& device) {
+  TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// An fp32 per-row or per-column vector, read elementwise (no alignment needed beyond fp32's).
+void check_vector_operand(const at::Tensor& t, const char* name, const at::Device& device,
+                          int64_t length) {
+  check_on_device(t, name, at::kFloat, device);
+  TORCH_CHECK(t.numel() == length, name, " must hold ", length, " values, got ", t.numel());
+}
+
+// A [rows, cols] matrix that TMA reads or writes.
+void check_matrix_operand(const at::Tensor& t, const char* name, at::ScalarType dtype,
+                          const at::Device& device, int64_t rows, int64_t cols) {
+  check_on_device(t, name, dtype, device);
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must be [", rows,
+              ", ", cols, "], got ", t.sizes());
+  TORCH_CHECK(is_aligned(t), name, " must be ", kTmaAlignmentBytes, "-byte aligned");
+}
+
+}  // namespace
+
+bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b_int8,
+                                   at::ScalarType out_dtype) {
+  if (out_dtype != at::kHalf && out_dtype != at::kBFloat16) return false;
+  if (!is_int8_matrix(a_int8) || !is_int8_matrix(b_int8)) return false;
+  if (a_int8.device() != b_int8.device() || a_int8.size(1) != b_int8.size(1)) return false;
+  const int64_t m = a_int8.size(0), n = b_int8.size(0), k = a_int8.size(1);
+  if (m <= 0 || k <= 0 || n <= 0) return false;
+  // TMA needs 16-byte row strides: K int8 values for a and b, N 16-bit values for out and addend.
+  if (k % kTmaAlignmentBytes != 0 || n % (kTmaAlignmentBytes / 2) != 0) return false;
+  if (m > kMaxExtent || n > kMaxExtent || k > kMaxExtent) return false;
+  return is_compute_capability_90(a_int8.device());
+}
+
+void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
+                           const at::Tensor& row_absmax, const at::Tensor& col_absmax,
+                           const at::Tensor& bias_f32, const at::Tensor& addend, at::Tensor& out) {
+  TORCH_CHECK(int8_scaled_gemm_sm90_applies(a_int8, b_int8, out.scalar_type()),
+              "int8_scaled_gemm_sm90: operands not supported (see int8_scaled_gemm_sm90_applies)");
+  const auto device = a_int8.device();
+  const int64_t m = a_int8.size(0), n = b_int8.size(0), k = a_int8.size(1);
+  check_vector_operand(row_absmax, "row_absmax", device, m);
+  check_vector_operand(col_absmax, "col_absmax", device, n);
+  if (bias_f32.defined()) check_vector_operand(bias_f32, "bias", device, n);
+  if (addend.defined()) check_matrix_operand(addend, "addend", out.scalar_type(), device, m, n);
+  check_matrix_operand(out, "out", out.scalar_type(), device, m, n);
+
+  const c10::cuda::CUDAGuard guard(device);
+  const ScaledGemmOperands op{a_int8.const_data_ptr<int8_t>(),
+                              b_int8.const_data_ptr<int8_t>(),
+                              row_absmax.const_data_ptr<float>(),
+                              col_absmax.const_data_ptr<float>(),
+                              bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr,
+                              addend.defined() ? addend.const_data_ptr() : nullptr,
+                              out.mutable_data_ptr(),
+                              static_cast<int>(m),
+                              static_cast<int>(n),
+                              static_cast<int>(k)};
+  if (out.scalar_type() == at::kHalf) {
+    run_for_addend<cutlass::half_t>(op, device);
+  } else {
+    run_for_addend<cutlass::bfloat16_t>(op, device);
+  }
+}
+
+}  // namespace llmint8
+
+#else  // Built without CUTLASS: the caller always takes its unfused path.
+
+namespace llmint8 {
+
+bool int8_scaled_gemm_sm90_applies(const at::Tensor&, const at::Tensor&, at::ScalarType) {
+  return false;
+}
+
+void int8_scaled_gemm_sm90(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&) {
+  TORCH_CHECK(false, "llmint8 was built without CUTLASS; int8_scaled_gemm_sm90 is unavailable");
+}
+
+}  // namespace llmint8
+
+#endif

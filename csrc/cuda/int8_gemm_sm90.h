@@ -1,0 +1,22 @@
+// Hopper int8 x int8 GEMM (CUTLASS, sm90a) whose epilogue dequantizes straight to fp16/bf16.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace llmint8 {
+
+// True when the fused sm90 GEMM can run these operands: built with CUTLASS sm90 support, the
+// tensors' device has compute capability 9.0, a [M, K] and b [N, K] are contiguous int8 on it,
+// M > 0, K > 0, K % 16 == 0, N % 8 == 0, a and b 16-byte aligned, out dtype fp16 or bf16.
+bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b_int8,
+                                   at::ScalarType out_dtype);
+
+// out [M, N] = a [M, K] . b [N, K]^T * row_absmax [M] (x) col_absmax [N] / 127^2 + bias_f32 [N]
+// + addend [M, N], in fp32 with one rounding to out's dtype. bias_f32 (fp32) and addend (out's
+// dtype) may be undefined; out is preallocated, contiguous and 16-byte aligned, as is addend.
+// Runs on the current CUDA stream; requires int8_scaled_gemm_sm90_applies.
+void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
+                           const at::Tensor& row_absmax, const at::Tensor& col_absmax,
+                           const at::Tensor& bias_f32, const at::Tensor& addend, at::Tensor& out);
+
+}  // namespace llmint8
