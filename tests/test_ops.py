@@ -385,6 +385,14 @@ def test_int8_weight_linear_3d_and_bad_input(device):
     torch.library.opcheck(torch.ops.llmint8.int8_weight_linear, (x, w_int8, w_absmax, None))
 
 
+def test_outlier_split_pads_with_zeros_even_next_to_inf(device):
+    x = torch.randn(3, 16, device=device)
+    x[1, 0] = float("inf")
+    cols, count, x_outliers = ops.outlier_split(x, THRESHOLD, 4)
+    assert cols.tolist() == [0, -1, -1, -1] and count.item() == 1
+    assert torch.isinf(x_outliers[1, 0]) and torch.equal(x_outliers[:, 1:], torch.zeros(3, 3, device=device))
+
+
 # ---- int8_linear (the fused LLM.int8 layer) ---------------------------------------------------
 
 

@@ -30,8 +30,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cpu(const at::Tenso
   auto outlier_cols = at::empty({capacity}, x.options().dtype(at::kInt));
   const int32_t count = compact_outlier_columns(is_outlier.const_data_ptr<uint8_t>(), cols,
                                                 capacity, outlier_cols.mutable_data_ptr<int32_t>());
-  auto valid = outlier_cols.ge(0);
-  auto gathered = x2d.index_select(1, outlier_cols.clamp_min(0)) * valid.to(x.scalar_type());
+  // Padded slots gather column 0 and are then zeroed by a fill, not a multiply: 0 * inf is NaN.
+  auto padded = outlier_cols.lt(0);
+  auto gathered = x2d.index_select(1, outlier_cols.clamp_min(0)).masked_fill(padded, 0);
   auto x_outliers = gathered.view(with_last_dim(x, capacity));
   return {outlier_cols, at::full({}, count, x.options().dtype(at::kInt)), x_outliers};
 }
