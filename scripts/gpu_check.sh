@@ -5,6 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 # ../shared (models, data) is not on the device machines; a copy carried as .shared/ stands in.
 [ -d .shared ] && export LLMINT8_SHARED="$PWD/.shared"
+# bitsandbytes for the benchmarks' comparison columns: its package folder and CUDA library, carried as .bnb/.
+[ -d .bnb ] && export PYTHONPATH="$PWD/.bnb${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-$PWD/gpu_out}"; mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST="8.0+PTX;9.0a" MAX_JOBS="${MAX_JOBS:-16}" PYTHONUNBUFFERED=1
 # Some images put a GCC first on PATH whose link step pulls in a static libstdc++; a second copy of
@@ -16,9 +18,11 @@ summary() { echo "== $1: $2" | tee -a "$OUT/summary.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/summary.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/summary.txt"
 
-# CUTLASS's headers for the fused sm90 GEMM: this machine is offline, so the wheel comes in .whl/.
-cutlass_wheel=$(ls .whl/nvidia_cutlass-*.whl 2>/dev/null | tail -1)
-[ -n "$cutlass_wheel" ] && python3 -m pip install -q --no-deps "$cutlass_wheel" 2>&1 | tail -3
+# This machine is offline, so missing packages come as wheels in .whl/ (carried; a carried folder
+# must be named in every call's carry list, or the device removes it): nvidia-cutlass (headers for
+# the fused sm90 GEMM), gguf, and transformers >= 5.23 with its huggingface-hub (Gemma-3 GGUF).
+wheels=$(ls .whl/*.whl 2>/dev/null)
+[ -n "$wheels" ] && python3 -m pip install -q --no-deps $wheels 2>&1 | tail -3
 summary cutlass "$(python3 -m pip show nvidia-cutlass 2>/dev/null | grep -E '^Version' ||
   echo 'not installed: the fused sm90 GEMM is left out of the build')"
 
@@ -37,7 +41,8 @@ compute-sanitizer --tool memcheck --error-exitcode 99 python3 -m pytest -q -x te
   -k "not 4096 and not 300" >"$OUT/memcheck.log" 2>&1
 summary "memcheck tests/test_ops.py (M<=17, K,N<=172)" "rc=$? in $((SECONDS - start)) s: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) $(grep -E 'passed|failed' "$OUT/memcheck.log" | tail -1)"
 
-# BENCHMARKS="ops linear" (the default) runs benchmarks/bench_ops.py and bench_linear.py.
+# BENCHMARKS="ops linear" (the default) runs benchmarks/bench_ops.py and bench_linear.py; add
+# "generate" for the OPT-6.7B-shaped end-to-end run.
 for bench in ${BENCHMARKS-ops linear}; do
   start=$SECONDS
   (cd benchmarks && python3 "bench_$bench.py" --out "$OUT") >"$OUT/bench_$bench.log" 2>&1
