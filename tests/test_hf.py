@@ -68,6 +68,15 @@ def test_config_validates_and_round_trips():
         "quant_method": "llmint8", "threshold": 4.0, "modules_to_not_convert": ["fc2"], "outlier_capacity": 8}
 
 
+def test_uncapped_outlier_capacity_round_trips_and_reaches_every_layer(saved_fp32_model):
+    config = Int8Config(outlier_capacity=None)
+    assert Int8Config.from_dict(json.loads(json.dumps(config.to_dict()))).outlier_capacity is None
+    _, path = saved_fp32_model
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=torch.float32).eval()
+    layers = [m for m in model.modules() if isinstance(m, Linear8bitLt)]
+    assert layers and all(layer.outlier_capacity == layer.in_features for layer in layers)
+
+
 def test_from_pretrained_quantizes_and_save_reload_is_identical(saved_fp32_model, tmp_path):
     fp32_model, path = saved_fp32_model
     model = load_int8(path)

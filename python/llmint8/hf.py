@@ -79,7 +79,7 @@ class Int8Config(QuantizationConfigMixin):
         self,
         threshold: float = 6.0,
         modules_to_not_convert: Optional[list[str]] = None,
-        outlier_capacity: int = ops.DEFAULT_OUTLIER_CAPACITY,
+        outlier_capacity: Optional[int] = ops.DEFAULT_OUTLIER_CAPACITY,
         quant_method: str = QUANT_METHOD,
     ):
         # quant_method is accepted only so that from_dict can read back what to_dict wrote.
