@@ -72,7 +72,9 @@ class Int8Config(QuantizationConfigMixin):
     """LLM.int8 settings for ``from_pretrained``; saved as config.json's ``quantization_config``.
 
     ``modules_to_not_convert``: module names kept in 16-bit, in addition to transformers' default
-    skips (output embeddings, tied weights, ``_keep_in_fp32_modules``).
+    skips (output embeddings, tied weights, ``_keep_in_fp32_modules``). ``outlier_capacity``: as
+    ``Linear8bitLt``'s (None: every input column; worth it for small models, whose calls can
+    exceed 64 outlier columns — ``llmint8 eval`` reports the most per call).
     """
 
     def __init__(
