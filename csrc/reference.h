@@ -11,4 +11,8 @@ at::Tensor int8_weight_linear_reference(const at::Tensor& x, const at::Tensor& w
                                         const at::Tensor& weight_absmax,
                                         const std::optional<at::Tensor>& bias);
 
+// t2d [rows, K] with zero columns appended up to a multiple of `multiple`: int8 GEMM kernels that
+// need an aligned K stay exact, since zeros leave every dot product unchanged.
+at::Tensor zero_pad_columns(const at::Tensor& t2d, int64_t multiple);
+
 }  // namespace llmint8

@@ -86,16 +86,4 @@ float quantize_row(const T* x, int64_t cols, const uint8_t* excluded, int8_t* q)
   return absmax;
 }
 
-// c[m, n] = sum_k a[m, k] * b[n, k] for one row m of a: both operands are K-contiguous, so the
-// inner loop is a plain int8 dot product the compiler vectorizes.
-inline void int8_matmul_row(const int8_t* a_row, const int8_t* b, int64_t n_cols, int64_t k,
-                            int32_t* c_row) {
-  for (int64_t n = 0; n < n_cols; ++n) {
-    const int8_t* b_row = b + n * k;
-    int32_t acc = 0;
-    for (int64_t i = 0; i < k; ++i) acc += int32_t(a_row[i]) * int32_t(b_row[i]);
-    c_row[n] = acc;
-  }
-}
-
 }  // namespace llmint8

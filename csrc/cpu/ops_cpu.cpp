@@ -87,19 +87,17 @@ std::tuple<at::Tensor, at::Tensor> quantize_colwise_cpu(const at::Tensor& weight
   return quantize_rows_cpu(weight, at::Tensor());
 }
 
+// torch's CPU int8 GEMM (oneDNN) is ~40x faster than a loop over rows, but torch 2.13's returns
+// garbage for K = 1 (measured); K is zero-padded to a multiple of 8 first, which keeps it exact.
+constexpr int64_t kCpuInt8GemmKMultiple = 8;
+
 at::Tensor int8_matmul_cpu(const at::Tensor& a, const at::Tensor& b) {
   check_matmul_operands(a, b);
-  const auto a2d = a.contiguous().view({leading_rows(a), a.size(-1)});
-  const auto b_contig = b.contiguous();
-  const int64_t m = a2d.size(0), n = b.size(0), k = b.size(1);
-  auto c = at::empty(with_last_dim(a, n), a.options().dtype(at::kInt));
-  const auto* a_data = a2d.const_data_ptr<int8_t>();
-  const auto* b_data = b_contig.const_data_ptr<int8_t>();
-  auto* c_data = c.mutable_data_ptr<int32_t>();
-  at::parallel_for(0, m, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) int8_matmul_row(a_data + r * k, b_data, n, k, c_data + r * n);
-  });
-  return c;
+  const int64_t m = leading_rows(a), n = b.size(0), k = b.size(1);
+  if (m == 0 || n == 0 || k == 0) return at::zeros(with_last_dim(a, n), a.options().dtype(at::kInt));
+  const auto a2d = zero_pad_columns(a.contiguous().view({m, k}), kCpuInt8GemmKMultiple);
+  const auto b2d = zero_pad_columns(b.contiguous(), kCpuInt8GemmKMultiple);
+  return at::_int_mm(a2d, b2d.t()).view(with_last_dim(a, n));
 }
 
 at::Tensor dequant_outer_cpu(const at::Tensor& acc, const at::Tensor& row_absmax,

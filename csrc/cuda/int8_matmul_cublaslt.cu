@@ -5,6 +5,8 @@
 // that the int8 tensor-core kernels require.
 #include "int8_matmul_cublaslt.h"
 
+#include "../reference.h"
+
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -129,14 +131,6 @@ const MatmulPlan& plan_for(cublasLtHandle_t handle, const PlanKey& key) {
   return *plan;
 }
 
-// Zero columns appended to K leave every dot product unchanged, so padding keeps results exact.
-at::Tensor pad_leading_dim(const at::Tensor& t2d) {
-  const int64_t k = t2d.size(1);
-  const int64_t padded = (k + kInt8LeadingDimMultiple - 1) / kInt8LeadingDimMultiple *
-                         kInt8LeadingDimMultiple;
-  return padded == k ? t2d : at::constant_pad_nd(t2d, {0, padded - k}, 0);
-}
-
 }  // namespace
 
 at::Tensor int8_matmul_cuda(const at::Tensor& a, const at::Tensor& b) {
@@ -147,8 +141,8 @@ at::Tensor int8_matmul_cuda(const at::Tensor& a, const at::Tensor& b) {
   if (m == 0 || n == 0) return c;
   if (k == 0) return c.zero_();
 
-  const auto a2d = pad_leading_dim(a.contiguous().view({m, k}));
-  const auto b2d = pad_leading_dim(b.contiguous());
+  const auto a2d = zero_pad_columns(a.contiguous().view({m, k}), kInt8LeadingDimMultiple);
+  const auto b2d = zero_pad_columns(b.contiguous(), kInt8LeadingDimMultiple);
   const int64_t padded_k = a2d.size(1);
   const std::array<int, 3> alignments{pointer_alignment(b2d.const_data_ptr()),
                                       pointer_alignment(a2d.const_data_ptr()),
