@@ -44,14 +44,16 @@ def sliding_window_nll(
     ids = ids.to(_device_of(model))
     prefix_ids = torch.tensor(list(prefix), dtype=ids.dtype, device=ids.device)
     total = ids.new_zeros((), dtype=torch.float64)
-    for batch in _batches_of_equal_length(_window_plan(ids.numel(), window, stride), batch_size):
+    plan = _window_plan(ids.numel(), window, stride)
+    for batch in _batches_of_equal_length(plan, batch_size):
         logits = model(torch.stack([torch.cat([prefix_ids, ids[begin:end]]) for begin, end, _ in batch])).logits
         for row, (begin, end, first_target) in enumerate(batch):
             # logits[row, len(prefix) + i] predicts token begin + i + 1.
             first, last = first_target - begin - 1 + len(prefix_ids), end - begin - 1 + len(prefix_ids)
             predicting = logits[row, first:last].float()
             total += F.cross_entropy(predicting, ids[first_target:end], reduction="sum")
-    return total.item(), _count_scored(ids.numel(), window, stride)
+    # Counted from the plan rather than accumulated, so the loop never reads the device.
+    return total.item(), sum(end - first_target for _, end, first_target in plan)
 
 
 def _window_plan(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -76,11 +78,6 @@ def _batches_of_equal_length(plan: list[tuple[int, int, int]], batch_size: int):
         batch.append(entry)
     if batch:
         yield batch
-
-
-def _count_scored(length: int, window: int, stride: int) -> int:
-    # Derived from the window plan rather than accumulated, so the loop never reads the device.
-    return sum(end - first_target for _, end, first_target in _window_plan(length, window, stride))
 
 
 def _as_token_row(input_ids: torch.Tensor) -> torch.Tensor:
