@@ -90,15 +90,15 @@ def _join_parts(parts: list[Path], target: Path) -> None:
 
 # transformers 5.17 loads this GGUF into a model that still writes fluent text but scores PIQA at
 # chance (item 0: -497 nats vs -104 with 5.23), so an older version would report wrong numbers.
-GEMMA3_GGUF_MIN_TRANSFORMERS = (5, 23)
+GEMMA3_GGUF_MIN_TRANSFORMERS = "5.23"
 
 
 def _require_transformers_for_gemma3_gguf() -> None:
     import transformers
+    from packaging.version import Version
 
-    version = tuple(int(part) for part in transformers.__version__.split(".")[:2])
-    if version < GEMMA3_GGUF_MIN_TRANSFORMERS:
-        raise DemoError(f"Gemma-3 GGUF needs transformers >= 5.23 (found {transformers.__version__}: "
+    if Version(transformers.__version__) < Version(GEMMA3_GGUF_MIN_TRANSFORMERS):
+        raise DemoError(f"Gemma-3 GGUF needs transformers >= {GEMMA3_GGUF_MIN_TRANSFORMERS} (found {transformers.__version__}: "
                         "5.17 mis-loads its weights)")
 
 
