@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "../core/llmint8_core.h"
+#include "occupancy.h"
 
 namespace llmint8 {
 namespace {
@@ -336,21 +337,14 @@ int64_t k_per_split_filling_slots(const Shape& s, int64_t slots) {
   return best;
 }
 
-// Resident blocks of `kernel` per SM (at least one).
-template <typename C, typename Kernel>
-int blocks_per_sm(Kernel kernel) {
-  int resident = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, C::kThreads, 0));
-  return std::max(resident, 1);
-}
-
 template <typename C, typename T>
 void launch(Problem<T> p, const Shape& shape, const at::TensorOptions& options, cudaStream_t stream) {
   constexpr auto kernel = &int8_weight_linear_kernel<C, T>;
   if constexpr (C::kRule == SplitRule::kTwoPerSm) {
     p.k_per_split = k_per_split_at_least<C>(shape);
   } else {
-    p.k_per_split = k_per_split_filling_slots<C>(shape, blocks_per_sm<C>(kernel) * int64_t(shape.sms));
+    const int64_t slots = resident_blocks(reinterpret_cast<const void*>(kernel), C::kThreads);
+    p.k_per_split = k_per_split_filling_slots<C>(shape, slots);
   }
   const dim3 grid((p.n_dim + kBlockCols - 1) / kBlockCols,
                   (p.k_dim + p.k_per_split - 1) / p.k_per_split, (p.rows + kTileRows - 1) / kTileRows);

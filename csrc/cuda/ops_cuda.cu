@@ -9,8 +9,6 @@
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -20,6 +18,7 @@
 #include "int8_gemm_sm90.h"
 #include "int8_matmul_cublaslt.h"
 #include "int8_weight_linear.h"
+#include "occupancy.h"
 
 namespace llmint8 {
 namespace {
@@ -41,23 +40,6 @@ cudaStream_t current_stream(const at::Tensor& t) {
 // Grid-stride launches are capped so huge tensors reuse threads instead of making giant grids.
 int64_t grid_stride_blocks(int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>(blocks_for(work, kThreads), 65535));
-}
-
-// Blocks of `kernel` (at `threads` per block) the current GPU runs at once, i.e. one full wave.
-// The occupancy query costs host time, more than a small launch, so each answer is kept per
-// kernel and device.
-int64_t resident_blocks(const void* kernel, int threads) {
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, int64_t> cache;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(kernel, device);
-  if (const auto hit = cache.find(key); hit != cache.end()) return hit->second;
-  int sms = 0, blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, 0));
-  return cache[key] = int64_t(sms) * std::max(blocks_per_sm, 1);
 }
 
 // kWidth consecutive elements moved as one memory access.
