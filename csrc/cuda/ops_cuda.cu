@@ -625,18 +625,16 @@ at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& wei
 
 // The GEMM side of int8_linear, the step another int8 GEMM can replace: out [*, N] =
 // dequant(a.x_int8 @ weight_int8^T) + bias + a.x_outliers @ (weight's outlier columns)^T.
+// weight_int8 and weight_scale arrive contiguous, bias_f32 as fp32 or undefined (the caller
+// prepares them once for either GEMM).
 void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& weight_int8,
-                             const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
-                             at::Tensor& out) {
+                             const at::Tensor& weight_scale, const at::Tensor& bias_f32, at::Tensor& out) {
   const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
   const auto acc = int8_matmul_cuda(a.x_int8, weight_int8);
-  const auto weight_scale = weight_absmax.contiguous();
   const auto w_cols_t = a.has_outliers()
-                            ? gather_weight_columns(weight_int8.contiguous(), weight_scale, a.outlier_cols,
-                                                    at::kFloat)
+                            ? gather_weight_columns(weight_int8, weight_scale, a.outlier_cols, at::kFloat)
                             : at::Tensor();
   const int64_t capacity = a.has_outliers() ? a.outlier_cols.numel() : 0;
-  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const dim3 grid(blocks_for(n_dim, kThreads), std::min<int64_t>(blocks_for(rows, kEpilogueRows), 65535));
   LLMINT8_DISPATCH_FLOAT_TYPES(out.scalar_type(), "int8_linear", [&] {
     dequant_with_outliers_kernel<scalar_t><<<grid, kThreads, 0, current_stream(out)>>>(
@@ -656,17 +654,14 @@ void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& we
 // result the epilogue reads as its addend; it is rounded to 16 bits once before the sum, as in the
 // five-op composition.
 void int8_gemm_with_outliers_sm90(const QuantizedActivations& a, const at::Tensor& weight_int8,
-                                  const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
-                                  at::Tensor& out) {
+                                  const at::Tensor& weight_scale, const at::Tensor& bias_f32, at::Tensor& out) {
   const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
-  const auto weight_scale = weight_absmax.contiguous();
   auto out2d = out.view({rows, n_dim});
   at::Tensor addend;
   if (a.has_outliers()) {
     const auto w_cols_t = gather_weight_columns(weight_int8, weight_scale, a.outlier_cols, out.scalar_type());
     addend = at::mm(a.x_outliers.view({rows, -1}), w_cols_t);
   }
-  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   int8_scaled_gemm_sm90(a.x_int8.view({rows, -1}), weight_int8, a.x_absmax.view({rows}), weight_scale,
                         bias_f32, addend, out2d);
 }
@@ -681,11 +676,13 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   if (out.numel() == 0) return out;
   const auto activations = quantize_activations(x, threshold, capacity);
   const auto weight = weight_int8.contiguous();
+  const auto weight_scale = weight_absmax.contiguous();
+  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const auto x_int8_2d = activations.x_int8.view({leading_rows(x), x.size(-1)});
   if (int8_scaled_gemm_sm90_applies(x_int8_2d, weight, out.scalar_type())) {
-    int8_gemm_with_outliers_sm90(activations, weight, weight_absmax, bias, out);
+    int8_gemm_with_outliers_sm90(activations, weight, weight_scale, bias_f32, out);
   } else {
-    int8_gemm_with_outliers(activations, weight, weight_absmax, bias, out);
+    int8_gemm_with_outliers(activations, weight, weight_scale, bias_f32, out);
   }
   return out;
 }
