@@ -95,8 +95,8 @@ def _require_transformers_for_gemma3_gguf() -> None:
     from packaging.version import Version
 
     if Version(transformers.__version__) < Version(GEMMA3_GGUF_MIN_TRANSFORMERS):
-        raise DemoError(f"Gemma-3 GGUF needs transformers >= {GEMMA3_GGUF_MIN_TRANSFORMERS} (found {transformers.__version__}: "
-                        "5.17 mis-loads its weights)")
+        raise DemoError(f"Gemma-3 GGUF needs transformers >= {GEMMA3_GGUF_MIN_TRANSFORMERS} "
+                        f"(found {transformers.__version__}: 5.17 mis-loads its weights)")
 
 
 def _load_hf_gguf(path: Path, dtype: torch.dtype, display_name: str) -> EvalModel:
