@@ -1,6 +1,6 @@
 """Linear8bitLt's forward against fp16/bf16 F.linear, torch._int_mm and bitsandbytes (if importable).
 
-Run on a CUDA machine: python benchmarks/bench_linear.py [--out DIR] [--quick]
+Run on a CUDA machine: python benchmarks/bench_linear.py [--out DIR] [--quick] [--tokens M,M,...]
 Each method is timed twice: eager (what a Python loop sees, launch overhead included) and replayed
 from a CUDA graph (GPU time; how decode loops should run). Ratios = 16-bit F.linear time / method
 time in the same mode (higher is better); the ratio table is printed last. Writes JSON and a PNG.
@@ -101,10 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--quick", action="store_true", help="fp16 only, M in {1, 16, 2048}")
+    parser.add_argument("--tokens", type=lambda text: [int(m) for m in text.split(",")],
+                        help="comma-separated M values instead of GUIDE §5's")
     args = parser.parse_args()
     torch.manual_seed(0)
     dtypes = (torch.float16,) if args.quick else (torch.float16, torch.bfloat16)
-    tokens = (1, 16, 2048) if args.quick else TOKENS
+    tokens = args.tokens or ((1, 16, 2048) if args.quick else TOKENS)
     rows = [bench(k, n, m, dtype) for dtype in dtypes for k, n in LAYERS for m in tokens]
     print(f"llmint8 {llmint8.__version__} on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"bitsandbytes {'absent' if bnb is None else bnb.__version__}")

@@ -1,10 +1,12 @@
 """Per-kernel GPU time of one Linear8bitLt forward (threshold 6), from the profiler.
 
-Run on a CUDA machine: python benchmarks/profile_linear.py
+Run on a CUDA machine: python benchmarks/profile_linear.py [--cases KxNxM,...] [--threshold T]
 Shows where a layer's time goes (outlier split, quantization, int8 GEMM, epilogue) next to
 F.linear, for the shapes where the fused path misses its targets.
 """
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -27,17 +29,27 @@ def kernel_times(fn) -> list[tuple[str, float]]:
     return sorted(((e.key[:70], e.device_time_total / 10) for e in events), key=lambda item: -item[1])
 
 
+def parse_case(text: str) -> tuple[int, int, int]:
+    k, n, m = (int(v) for v in text.split("x"))
+    return k, n, m
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=lambda s: [parse_case(c) for c in s.split(",")], default=CASES,
+                        help="comma-separated KxNxM (in_features x out_features x rows)")
+    parser.add_argument("--threshold", type=float, default=6.0)
+    args = parser.parse_args()
     torch.manual_seed(0)
-    for k, n, m in CASES:
+    for k, n, m in args.cases:
         x = activations_with_outliers(m, k, torch.float16, "cuda")
         weight = (torch.randn(n, k, device="cuda") / k**0.5).half()
-        layer = Linear8bitLt(k, n, bias=False).to(torch.float16)
+        layer = Linear8bitLt(k, n, bias=False, threshold=args.threshold).to(torch.float16)
         layer.load_state_dict({"weight": weight})
         layer = layer.cuda()
         with torch.no_grad():
             for name, fn in [("F.linear", lambda: torch.nn.functional.linear(x, weight)),
-                             ("Linear8bitLt t6", lambda: layer(x))]:
+                             (f"Linear8bitLt t{args.threshold:g}", lambda: layer(x))]:
                 times = kernel_times(fn)
                 print(f"\n{k}->{n}, M={m}, {name}: {sum(t for _, t in times):.1f} us of kernels")
                 for key, us in times:

@@ -64,7 +64,7 @@ def test_layer_captured_in_a_cuda_graph_replays_exactly(rows):
 @requires_cuda
 def test_model_compiled_fullgraph_on_cuda_matches_eager():
     model = tiny_opt("cuda").half()
-    ids = torch.randint(0, 128, (2, 24), device="cuda")
+    ids = torch.randint(0, 128, (3, 48), device="cuda")
     with torch.no_grad():
         eager = model(ids, use_cache=False).logits
         compiled = torch.compile(model, fullgraph=True)(ids, use_cache=False).logits

@@ -343,8 +343,10 @@ def test_public_names_are_exported():
 # ---- int8_weight_linear (the small-batch fast path) -------------------------------------------
 
 
-@pytest.mark.parametrize("m", [0, 1, 5, 16, 17, 40])
-@pytest.mark.parametrize("k,n", [(1, 5), (172, 64), (4096, 1), (1024, 300), (96, 33)])
+# On Hopper, rows 17..128 with K % 16 == 0 and N % 8 == 0 take the CUTLASS kernel: (256, 136)
+# and (1024, 264) in each of its row tiles (<= 32, <= 64, above) and past one 128-row tile.
+@pytest.mark.parametrize("m", [0, 1, 5, 16, 17, 40, 64, 100, 129])
+@pytest.mark.parametrize("k,n", [(1, 5), (172, 64), (4096, 1), (1024, 300), (96, 33), (256, 136), (1024, 264)])
 def test_int8_weight_linear_matches_float64(m, k, n, dtype, device):
     x = random_activations((m, k), dtype, device, outlier_cols=[c for c in (0, k - 1) if c < k])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device))
@@ -358,8 +360,9 @@ def test_int8_weight_linear_matches_float64(m, k, n, dtype, device):
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item() if m else 0)
 
 
-def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(dtype, device):
-    x = random_activations((16, 1024), dtype, device, outlier_cols=range(0, 1024, 128))
+@pytest.mark.parametrize("rows", [16, ops.SMALL_BATCH_ROWS])
+def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(rows, dtype, device):
+    x = random_activations((rows, 1024), dtype, device, outlier_cols=range(0, 1024, 128))
     w = torch.randn(512, 1024, device=device) / 32
     w_int8, w_absmax = ops.quantize_colwise(w)
     expected = x.double() @ w.double().T

@@ -12,13 +12,10 @@
 #if defined(LLMINT8_WITH_CUTLASS_SM90)
 
 #include <cstdint>
-#include <limits>
 #include <type_traits>
 
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
@@ -30,17 +27,15 @@
 #include <cutlass/util/packed_stride.hpp>
 
 #include "../core/llmint8_core.h"
+#include "cutlass_sm90.h"
 
 namespace llmint8 {
 namespace {
 
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
-
-// TMA needs 16-byte aligned base addresses and row strides.
-constexpr int64_t kTmaAlignmentBytes = 16;
-// Problem extents are int in CUTLASS's problem shape.
-constexpr int64_t kMaxExtent = std::numeric_limits<int>::max();
+using sm90::kMaxExtent;
+using sm90::kTmaAlignmentBytes;
 
 // float(acc) * (row_absmax * col_absmax / 127^2) + bias [+ addend]: dequantize_value's order,
 // so that the fused result matches the unfused dequant kernel bit for bit before the addend.
@@ -153,17 +148,6 @@ struct ScaledGemmOperands {
   int m, n, k;
 };
 
-void check_cutlass(cutlass::Status status, const char* what) {
-  TORCH_CHECK(status == cutlass::Status::kSuccess, "llmint8: CUTLASS sm90 int8 GEMM ", what,
-              " failed: ", cutlassGetStatusString(status));
-}
-
-int device_attribute(cudaDeviceAttr attribute, int device) {
-  int value = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  return value;
-}
-
 template <class Config, class Out, bool kWithAddend>
 typename ScaledGemm<Config, Out, kWithAddend>::Gemm::Arguments gemm_arguments(
     const ScaledGemmOperands& op, int device) {
@@ -190,28 +174,17 @@ typename ScaledGemm<Config, Out, kWithAddend>::Gemm::Arguments gemm_arguments(
   epilogue.ptr_D = static_cast<Out*>(op.out);
   epilogue.dD = stride_d;
 
-  cutlass::KernelHardwareInfo hw_info;
-  hw_info.device_id = device;
-  hw_info.sm_count = device_attribute(cudaDevAttrMultiProcessorCount, device);
   return {cutlass::gemm::GemmUniversalMode::kGemm,
           {op.m, op.n, op.k, 1},
           {op.a, stride_a, op.b, stride_b},
           epilogue,
-          hw_info};
+          sm90::hardware_info(device)};
 }
 
 template <class Config, class Out, bool kWithAddend>
 void run_scaled_gemm(const ScaledGemmOperands& op, const at::Device& device) {
-  using Gemm = typename ScaledGemm<Config, Out, kWithAddend>::Gemm;
-  const auto arguments = gemm_arguments<Config, Out, kWithAddend>(op, device.index());
-  Gemm gemm;
-  check_cutlass(gemm.can_implement(arguments), "can_implement");
-  // Stream-K keeps partial sums here; the caching allocator makes it safe under graph capture.
-  const auto workspace = at::empty({static_cast<int64_t>(Gemm::get_workspace_size(arguments))},
-                                   at::TensorOptions().dtype(at::kByte).device(device));
-  const auto stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  check_cutlass(gemm.initialize(arguments, workspace.data_ptr(), stream), "initialize");
-  check_cutlass(gemm.run(stream), "launch");
+  sm90::run_gemm<typename ScaledGemm<Config, Out, kWithAddend>::Gemm>(
+      gemm_arguments<Config, Out, kWithAddend>(op, device.index()), device, "sm90 int8 GEMM");
 }
 
 template <class Out, bool kWithAddend>
@@ -234,18 +207,9 @@ void run_for_addend(const ScaledGemmOperands& op, const at::Device& device) {
   }
 }
 
-bool is_aligned(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % kTmaAlignmentBytes == 0;
-}
-
 bool is_int8_matrix(const at::Tensor& t) {
   return t.is_cuda() && t.scalar_type() == at::kChar && t.dim() == 2 && t.is_contiguous() &&
-         is_aligned(t);
-}
-
-bool is_compute_capability_90(const at::Device& device) {
-  return device_attribute(cudaDevAttrComputeCapabilityMajor, device.index()) == 9 &&
-         device_attribute(cudaDevAttrComputeCapabilityMinor, device.index()) == 0;
+         sm90::is_tma_aligned(t);
 }
 
 void check_on_device(const at::Tensor& t, const char* name, at::ScalarType dtype,
@@ -268,7 +232,7 @@ void check_matrix_operand(const at::Tensor& t, const char* name, at::ScalarType 
   check_on_device(t, name, dtype, device);
   TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must be [", rows,
               ", ", cols, "], got ", t.sizes());
-  TORCH_CHECK(is_aligned(t), name, " must be ", kTmaAlignmentBytes, "-byte aligned");
+  TORCH_CHECK(sm90::is_tma_aligned(t), name, " must be ", kTmaAlignmentBytes, "-byte aligned");
 }
 
 }  // namespace
@@ -283,7 +247,7 @@ bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b
   // TMA needs 16-byte row strides: K int8 values for a and b, N 16-bit values for out and addend.
   if (k % kTmaAlignmentBytes != 0 || n % (kTmaAlignmentBytes / 2) != 0) return false;
   if (m > kMaxExtent || n > kMaxExtent || k > kMaxExtent) return false;
-  return is_compute_capability_90(a_int8.device());
+  return sm90::is_compute_capability_90(a_int8.device());
 }
 
 void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,

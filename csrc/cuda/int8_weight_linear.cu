@@ -74,6 +74,7 @@ struct Problem {
   const float* w_absmax;
   const float* bias;
   int64_t k_per_split;
+  int64_t m_tiles;
   T* out;
   float* partials;  // [splits, rows, n_dim] when K is split, else null
 };
@@ -229,7 +230,8 @@ __device__ __forceinline__ void store_block(const Problem<T>& p, int64_t n_base,
   }
 }
 
-// Block (n block, K split, M tile) of the grid. Each warp walks its K slice one step at a time
+// Block (n block * m_tiles + M tile, K split) of the grid: the M tiles of one n block are
+// neighbours, so their shared weight rows come from L2 after the first reads them. Each warp walks its K slice one step at a time
 // with the next kStages - 1 steps of weights already requested, so memory stays busy while it
 // multiplies. The loop is unrolled by kStages so that every ring index is a compile-time register
 // name.
@@ -238,7 +240,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 int8_weight_linear_kernel(const Problem<T> p) {
   __shared__ float reduced[C::kWarps * kTileRows * kBlockCols];
   const int64_t k_begin = blockIdx.y * p.k_per_split;
-  const int64_t n_base = blockIdx.x * int64_t(kBlockCols), m_base = blockIdx.z * int64_t(kTileRows);
+  const int64_t n_base = blockIdx.x / p.m_tiles * int64_t(kBlockCols);
+  const int64_t m_base = blockIdx.x % p.m_tiles * int64_t(kTileRows);
   const int64_t k_end = min(p.k_dim, k_begin + p.k_per_split);
   const int8_t* w_rows = p.w + n_base * p.k_dim;
   const int64_t n_rows_left = p.n_dim - n_base;
@@ -346,8 +349,9 @@ void launch(Problem<T> p, const Shape& shape, const at::TensorOptions& options, 
     const int64_t slots = resident_blocks(reinterpret_cast<const void*>(kernel), C::kThreads);
     p.k_per_split = k_per_split_filling_slots<C>(shape, slots);
   }
-  const dim3 grid((p.n_dim + kBlockCols - 1) / kBlockCols,
-                  (p.k_dim + p.k_per_split - 1) / p.k_per_split, (p.rows + kTileRows - 1) / kTileRows);
+  p.m_tiles = (p.rows + kTileRows - 1) / kTileRows;
+  const dim3 grid((p.n_dim + kBlockCols - 1) / kBlockCols * p.m_tiles,
+                  (p.k_dim + p.k_per_split - 1) / p.k_per_split);
   at::Tensor partials;
   if (grid.y > 1) partials = at::empty({int64_t(grid.y), p.rows, p.n_dim}, options.dtype(at::kFloat));
   p.partials = partials.defined() ? partials.mutable_data_ptr<float>() : nullptr;
@@ -372,7 +376,7 @@ Problem<T> problem_for(const at::Tensor& x2d, const at::Tensor& weight_int8,
                        const at::Tensor& weight_absmax, const at::Tensor& bias_f32, at::Tensor& out) {
   return {x2d.const_data_ptr<T>(), x2d.size(0), x2d.size(1), weight_int8.size(0),
           weight_int8.const_data_ptr<int8_t>(), weight_absmax.const_data_ptr<float>(),
-          bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr, 0,
+          bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr, 0, 0,
           out.mutable_data_ptr<T>(), nullptr};
 }
 

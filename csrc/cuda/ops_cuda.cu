@@ -18,6 +18,7 @@
 #include "int8_gemm_sm90.h"
 #include "int8_matmul_cublaslt.h"
 #include "int8_weight_linear.h"
+#include "int8_weight_linear_sm90.h"
 #include "occupancy.h"
 
 namespace llmint8 {
@@ -687,6 +688,10 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   return out;
 }
 
+// Up to one 16-row tile the streaming kernel (int8_weight_linear.cu) reads the weight fastest;
+// above, Hopper's CUTLASS kernel multiplies each weight tile it loads with up to 128 rows.
+constexpr int64_t kStreamingKernelMaxRows = 16;
+
 at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
                                    const at::Tensor& weight_absmax,
                                    const std::optional<at::Tensor>& bias) {
@@ -701,7 +706,13 @@ at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight
   if (out.numel() == 0) return out;
   if (x.size(-1) == 0) return int8_weight_linear_reference(x, weight_int8, weight_absmax, bias);
   const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  return int8_weight_linear_cuda_kernel(x2d, weight, weight_absmax.contiguous(), bias_f32, out);
+  const auto weight_scale = weight_absmax.contiguous();
+  if (x2d.size(0) > kStreamingKernelMaxRows && int8_weight_linear_sm90_applies(x2d, weight)) {
+    auto out2d = out.view({x2d.size(0), weight.size(0)});
+    int8_weight_linear_sm90(x2d, weight, weight_scale, bias_f32, out2d);
+    return out;
+  }
+  return int8_weight_linear_cuda_kernel(x2d, weight, weight_scale, bias_f32, out);
 }
 
 }  // namespace

@@ -11,9 +11,10 @@ import torch
 
 _ops = torch.ops.llmint8
 
-# At or below this many rows a linear layer is bound by reading its weight: the int8-weight
-# kernel (int8_weight_linear) is faster there and more accurate than the decomposition.
-SMALL_BATCH_ROWS = 16
+# At or below this many rows a linear layer is bound by reading its weight (on an H100, 16-bit
+# tensor cores need about 300 flops per weight byte; 128 rows give 256): int8_weight_linear is
+# faster there than the decomposition's extra launches, and more accurate.
+SMALL_BATCH_ROWS = 128
 
 # Default number of outlier columns split out per call. LLM.int8 models show a handful (the
 # paper: at most ~7 systematic dimensions at 6.7B); columns beyond capacity stay in the int8 part.

@@ -1,0 +1,221 @@
+// Hopper 16-bit activations x int8 weight for mid-sized M (CUTLASS 3 mixed-input wgmma + TMA).
+//
+// Between decode (M <= 16, int8_weight_linear.cu) and prefill, a layer is still bound by reading
+// its weight, yet the LLM.int8 decomposition's extra launches (outlier scan, compaction,
+// quantization, outlier GEMM) cost as much as the GEMM itself. Here each int8 weight tile, loaded
+// once by TMA, is widened in registers to x's dtype (exact: |v| <= 127) and multiplied on 16-bit
+// tensor cores against up to 128 activation rows, with fp32 accumulation.
+//
+// wgmma takes only its A operand from registers, so the weight is A: in CUTLASS's M x N x K terms
+// M is out_features, N is x's rows, and the [rows, out_features] row-major output is a
+// column-major D. The epilogue scales each output channel by absmax / 127 and adds the bias.
+#include "int8_weight_linear_sm90.h"
+
+#include <c10/util/Exception.h>
+
+#if defined(LLMINT8_WITH_CUTLASS_SM90)
+
+#include <cstdint>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <cute/tensor.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/util/packed_stride.hpp>
+
+#include "../core/llmint8_core.h"
+#include "cutlass_sm90.h"
+
+namespace llmint8 {
+namespace {
+
+using namespace cute;
+namespace fusion = cutlass::epilogue::fusion;
+using sm90::kMaxExtent;
+using sm90::kTmaAlignmentBytes;
+
+// float(acc) * (absmax / 127) + bias: the small-M kernel's order, so both W8A16 paths agree.
+template <class Fragment>
+struct ScaleByChannel {
+  CUTLASS_HOST_DEVICE Fragment operator()(Fragment const& acc, Fragment const& absmax,
+                                          Fragment const& bias) const {
+    Fragment out;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < static_cast<int>(Fragment::kElements); ++i) {
+      out[i] = acc[i] * (absmax[i] / kInt8Max) + bias[i];
+    }
+    return out;
+  }
+};
+
+// One value per output channel, i.e. per row of CUTLASS's M: a column-vector broadcast, read once
+// per tile (Stages = 0), scalar loads (a sliced absmax promises no vector alignment). A null bias
+// reads as 0.
+template <class TileShape>
+using ChannelBroadcast =
+    fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>, /*Alignment=*/1>;
+
+template <class TileShape, class Out>
+using ScaleByChannelTree =
+    fusion::Sm90EVT<fusion::Sm90Compute<ScaleByChannel, Out, float,
+                                        cutlass::FloatRoundStyle::round_to_nearest>,
+                    fusion::Sm90AccFetch, ChannelBroadcast<TileShape>, ChannelBroadcast<TileShape>>;
+
+// 128 weight rows per tile (the cooperative kernel's two warpgroups of 64) against a tile of
+// x rows sized to M, so small M wastes few MMAs; K tiles of 64 16-bit values (128 bytes, TMA's
+// best). Few output tiles for N = 4096, so stream-K spreads K over all SMs (deterministic: the
+// partial sums are reduced in a fixed order).
+template <int kRowsTile, class Out>
+struct WeightGemm {
+  using TileShape = Shape<_128, Int<kRowsTile>, _64>;
+  using ClusterShape = Shape<_1, _1, _1>;
+  static constexpr int kAlignmentInt8 = kTmaAlignmentBytes;
+  static constexpr int kAlignment16 = kTmaAlignmentBytes / sizeof(Out);
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void,
+      cutlass::layout::ColumnMajor, kAlignment16, Out, cutlass::layout::ColumnMajor, kAlignment16,
+      cutlass::epilogue::TmaWarpSpecializedCooperative,
+      ScaleByChannelTree<TileShape, Out>>::CollectiveOp;
+
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, int8_t, cutlass::layout::RowMajor,
+      kAlignmentInt8, Out, cutlass::layout::ColumnMajor, kAlignment16, float, TileShape,
+      ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+          sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      cutlass::gemm::StreamKScheduler>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+struct WeightGemmOperands {
+  const void* x;
+  const int8_t* weight;
+  const float* weight_absmax;
+  const float* bias;
+  void* out;
+  int rows, n, k;
+};
+
+template <int kRowsTile, class Out>
+void run_weight_gemm(const WeightGemmOperands& op, const at::Device& device) {
+  using Config = WeightGemm<kRowsTile, Out>;
+  using Kernel = typename Config::Kernel;
+  const auto stride_weight =
+      cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, make_shape(op.n, op.k, 1));
+  const auto stride_x =
+      cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, make_shape(op.rows, op.k, 1));
+  const auto stride_out =
+      cutlass::make_cute_packed_stride(typename Kernel::StrideD{}, make_shape(op.n, op.rows, 1));
+
+  typename Kernel::EpilogueArguments epilogue{};
+  // Children in ScaleByChannelTree's order, then the compute node's (empty) arguments.
+  epilogue.thread = {{}, {op.weight_absmax}, {op.bias}, {}};
+  epilogue.ptr_C = nullptr;
+  epilogue.dC = stride_out;
+  epilogue.ptr_D = static_cast<Out*>(op.out);
+  epilogue.dD = stride_out;
+
+  typename Config::Gemm::Arguments arguments{
+      cutlass::gemm::GemmUniversalMode::kGemm,
+      {op.n, op.rows, op.k, 1},
+      {op.weight, stride_weight, static_cast<const Out*>(op.x), stride_x},
+      epilogue,
+      sm90::hardware_info(device.index())};
+  sm90::run_gemm<typename Config::Gemm>(arguments, device, "sm90 int8-weight GEMM");
+}
+
+template <class Out>
+void run_for_rows(const WeightGemmOperands& op, const at::Device& device) {
+  if (op.rows <= 32) {
+    run_weight_gemm<32, Out>(op, device);
+  } else if (op.rows <= 64) {
+    run_weight_gemm<64, Out>(op, device);
+  } else {
+    run_weight_gemm<128, Out>(op, device);
+  }
+}
+
+bool is_tma_matrix(const at::Tensor& t, at::ScalarType dtype) {
+  return t.is_cuda() && t.scalar_type() == dtype && t.dim() == 2 && t.is_contiguous() &&
+         sm90::is_tma_aligned(t);
+}
+
+void check_channel_vector(const at::Tensor& t, const char* name, const at::Device& device,
+                          int64_t n) {
+  TORCH_CHECK(t.device() == device && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+                  t.numel() == n,
+              name, " must be a contiguous float32 tensor of ", n, " values on ", device,
+              ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+}
+
+}  // namespace
+
+bool int8_weight_linear_sm90_applies(const at::Tensor& x2d, const at::Tensor& weight_int8) {
+  const auto dtype = x2d.scalar_type();
+  if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
+  if (!is_tma_matrix(x2d, dtype) || !is_tma_matrix(weight_int8, at::kChar)) return false;
+  if (x2d.device() != weight_int8.device() || x2d.size(1) != weight_int8.size(1)) return false;
+  const int64_t rows = x2d.size(0), n = weight_int8.size(0), k = x2d.size(1);
+  if (rows <= 0 || n <= 0 || k <= 0) return false;
+  // 16-byte TMA rows: K int8 weights (K 16-bit activations need only K % 8), N 16-bit outputs.
+  if (k % kTmaAlignmentBytes != 0 || n % (kTmaAlignmentBytes / 2) != 0) return false;
+  if (rows > kMaxExtent || n > kMaxExtent || k > kMaxExtent) return false;
+  return sm90::is_compute_capability_90(x2d.device());
+}
+
+void int8_weight_linear_sm90(const at::Tensor& x2d, const at::Tensor& weight_int8,
+                             const at::Tensor& weight_absmax, const at::Tensor& bias_f32,
+                             at::Tensor& out) {
+  TORCH_CHECK(int8_weight_linear_sm90_applies(x2d, weight_int8),
+              "int8_weight_linear_sm90: operands not supported (see int8_weight_linear_sm90_applies)");
+  const auto device = x2d.device();
+  const int64_t rows = x2d.size(0), n = weight_int8.size(0), k = x2d.size(1);
+  check_channel_vector(weight_absmax, "weight_absmax", device, n);
+  if (bias_f32.defined()) check_channel_vector(bias_f32, "bias", device, n);
+  TORCH_CHECK(is_tma_matrix(out, x2d.scalar_type()) && out.size(0) == rows && out.size(1) == n,
+              "out must be a contiguous, 16-byte aligned ", x2d.scalar_type(), " [", rows, ", ", n,
+              "] tensor, got ", out.scalar_type(), " ", out.sizes());
+
+  const c10::cuda::CUDAGuard guard(device);
+  const WeightGemmOperands op{x2d.const_data_ptr(),
+                              weight_int8.const_data_ptr<int8_t>(),
+                              weight_absmax.const_data_ptr<float>(),
+                              bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr,
+                              out.mutable_data_ptr(),
+                              static_cast<int>(rows),
+                              static_cast<int>(n),
+                              static_cast<int>(k)};
+  if (x2d.scalar_type() == at::kHalf) {
+    run_for_rows<cutlass::half_t>(op, device);
+  } else {
+    run_for_rows<cutlass::bfloat16_t>(op, device);
+  }
+}
+
+}  // namespace llmint8
+
+#else  // Built without CUTLASS: the caller always takes another path.
+
+namespace llmint8 {
+
+bool int8_weight_linear_sm90_applies(const at::Tensor&, const at::Tensor&) { return false; }
+
+void int8_weight_linear_sm90(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, at::Tensor&) {
+  TORCH_CHECK(false, "llmint8 was built without CUTLASS; int8_weight_linear_sm90 is unavailable");
+}
+
+}  // namespace llmint8
+
+#endif
