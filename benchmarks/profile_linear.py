@@ -1,6 +1,6 @@
 """Per-kernel GPU time of one Linear8bitLt forward (threshold 6), from the profiler.
 
-Run on a CUDA machine: python benchmarks/profile_linear.py [--cases KxNxM,...] [--threshold T]
+Run on a CUDA machine: python benchmarks/profile_linear.py [--cases KxNxM,...] [--threshold T] [--dtype D]
 Shows where a layer's time goes (outlier split, quantization, int8 GEMM, epilogue) next to
 F.linear, for the shapes where the fused path misses its targets.
 """
@@ -39,12 +39,14 @@ def main() -> None:
     parser.add_argument("--cases", type=lambda s: [parse_case(c) for c in s.split(",")], default=CASES,
                         help="comma-separated KxNxM (in_features x out_features x rows)")
     parser.add_argument("--threshold", type=float, default=6.0)
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
     args = parser.parse_args()
     torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
     for k, n, m in args.cases:
-        x = activations_with_outliers(m, k, torch.float16, "cuda")
-        weight = (torch.randn(n, k, device="cuda") / k**0.5).half()
-        layer = Linear8bitLt(k, n, bias=False, threshold=args.threshold).to(torch.float16)
+        x = activations_with_outliers(m, k, dtype, "cuda")
+        weight = (torch.randn(n, k, device="cuda") / k**0.5).to(dtype)
+        layer = Linear8bitLt(k, n, bias=False, threshold=args.threshold).to(dtype)
         layer.load_state_dict({"weight": weight})
         layer = layer.cuda()
         with torch.no_grad():

@@ -32,5 +32,8 @@ TORCH_LIBRARY(llmint8, m) {
   // quantizing x: (x @ weight_int8^T) * weight_absmax / 127 + bias, accumulated in fp32, in x's
   // dtype. Strictly more accurate than the LLM.int8 decomposition; used for small batches.
   m.def("int8_weight_linear(Tensor x, Tensor weight_int8, Tensor weight_absmax, Tensor? bias) -> Tensor");
+  // An int8 layer's forward, the fastest path with LLM.int8 accuracy or better: int8_weight_linear
+  // for small batches (see forward_rule.h; exact_decomposition: never), else int8_linear.
+  m.def("llm_int8_linear(Tensor x, Tensor weight_int8, Tensor weight_absmax, Tensor? bias, float threshold, int capacity, bool exact_decomposition) -> Tensor");
   m.def("dequant_outer(Tensor acc, Tensor row_absmax, Tensor col_absmax, Tensor? bias, ScalarType out_dtype) -> Tensor");
 }

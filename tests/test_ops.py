@@ -360,7 +360,7 @@ def test_int8_weight_linear_matches_float64(m, k, n, dtype, device):
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item() if m else 0)
 
 
-@pytest.mark.parametrize("rows", [16, ops.SMALL_BATCH_ROWS])
+@pytest.mark.parametrize("rows", [ops.SMALL_BATCH_ROWS, ops.TENSOR_CORE_WEIGHT_ONLY_ROWS])
 def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(rows, dtype, device):
     x = random_activations((rows, 1024), dtype, device, outlier_cols=range(0, 1024, 128))
     w = torch.randn(512, 1024, device=device) / 32
@@ -386,6 +386,54 @@ def test_int8_weight_linear_3d_and_bad_input(device):
     with pytest.raises(RuntimeError, match="weight_absmax must have shape"):
         ops.int8_weight_linear(x, w_int8, w_absmax[:3])
     torch.library.opcheck(torch.ops.llmint8.int8_weight_linear, (x, w_int8, w_absmax, None))
+
+
+# ---- llm_int8_linear (the layer forward: picks int8_weight_linear or int8_linear) --------------
+
+
+def forward_paths(x, w_int8, w_absmax, bias):
+    return (ops.llm_int8_linear(x, w_int8, w_absmax, bias, THRESHOLD),
+            ops.int8_weight_linear(x, w_int8, w_absmax, bias),
+            ops.int8_linear(x, w_int8, w_absmax, bias, THRESHOLD))
+
+
+@pytest.mark.parametrize("rows", [0, 1, ops.SMALL_BATCH_ROWS])
+def test_forward_takes_the_int8_weight_path_for_small_batches(rows, dtype, device):
+    x = random_activations((rows, 256), dtype, device, outlier_cols=[3])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(136, 256, device=device))
+    out, weight_only, _ = forward_paths(x, w_int8, w_absmax, None)
+    torch.testing.assert_close(out, weight_only, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rows", [ops.SMALL_BATCH_ROWS, ops.TENSOR_CORE_WEIGHT_ONLY_ROWS + 1])
+def test_forward_takes_the_decomposition_when_asked_or_past_every_weight_only_kernel(rows, device):
+    x = random_activations((rows, 256), torch.float16, device, outlier_cols=[3])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(136, 256, device=device))
+    bias = torch.randn(136, device=device).half()
+    exact = rows <= ops.TENSOR_CORE_WEIGHT_ONLY_ROWS
+    out = ops.llm_int8_linear(x, w_int8, w_absmax, bias, THRESHOLD, exact_decomposition=exact)
+    torch.testing.assert_close(out, ops.int8_linear(x, w_int8, w_absmax, bias, THRESHOLD), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(100, 256), (4, 25, 256)])
+def test_forward_between_the_two_row_limits_depends_on_the_device(shape, device):
+    x = random_activations(shape, torch.bfloat16, device, outlier_cols=[3])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(136, 256, device=device))
+    out, weight_only, decomposed = forward_paths(x, w_int8, w_absmax, None)
+    hopper_kernel = device == "cuda" and torch.cuda.get_device_capability() == (9, 0)
+    # On Hopper the tensor-core kernel runs if llmint8 was built with CUTLASS (gpu_check.sh does).
+    expected = [weight_only, decomposed] if hopper_kernel else [decomposed]
+    assert any(torch.equal(out, e) for e in expected)
+
+
+def test_forward_op_checks(device):
+    x = random_activations((20, 64), torch.float16, device, outlier_cols=[1])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(24, 64, device=device))
+    bias = torch.randn(24, device=device).half()
+    for exact in (False, True):
+        torch.library.opcheck(torch.ops.llmint8.llm_int8_linear, (x, w_int8, w_absmax, bias, 6.0, 8, exact))
+    with pytest.raises(RuntimeError, match=r"x's last dimension \(K = 32\) must equal"):
+        ops.llm_int8_linear(x[:, :32], w_int8, w_absmax)
 
 
 def test_outlier_split_pads_with_zeros_even_next_to_inf(device):

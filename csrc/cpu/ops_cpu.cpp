@@ -6,6 +6,7 @@
 
 #include "../checks.h"
 #include "../core/llmint8_core.h"
+#include "../forward_rule.h"
 #include "../reference.h"
 
 namespace llmint8 {
@@ -158,6 +159,15 @@ at::Tensor int8_weight_linear_cpu(const at::Tensor& x, const at::Tensor& weight_
   return int8_weight_linear_reference(x, weight_int8, weight_absmax, bias);
 }
 
+at::Tensor llm_int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight_int8,
+                               const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
+                               double threshold, int64_t capacity, bool exact_decomposition) {
+  if (!exact_decomposition && is_small_batch(x)) {
+    return int8_weight_linear_cpu(x, weight_int8, weight_absmax, bias);
+  }
+  return int8_linear_cpu(x, weight_int8, weight_absmax, bias, threshold, capacity);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(llmint8, CPU, m) {
@@ -168,6 +178,7 @@ TORCH_LIBRARY_IMPL(llmint8, CPU, m) {
   m.impl("dequant_outer", &dequant_outer_cpu);
   m.impl("int8_weight_linear", &int8_weight_linear_cpu);
   m.impl("int8_linear", &int8_linear_cpu);
+  m.impl("llm_int8_linear", &llm_int8_linear_cpu);
 }
 
 }  // namespace llmint8

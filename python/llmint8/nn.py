@@ -305,8 +305,9 @@ class Linear8bitLt(nn.Linear):
     so the forward never synchronizes with the host); further ones go through int8. None: all
     ``in_features`` columns, i.e. LLM.int8 with no cap, at the cost of a [rows, in_features] buffer.
     ``exact_decomposition``: always use the LLM.int8 decomposition. By default, inputs of at most
-    ``ops.SMALL_BATCH_ROWS`` rows skip it for ``ops.int8_weight_linear`` (16-bit activations times
-    the int8 weight): faster where the layer is bandwidth-bound, and more accurate.
+    ``ops.SMALL_BATCH_ROWS`` rows (``ops.TENSOR_CORE_WEIGHT_ONLY_ROWS`` on Hopper GPUs) skip it for
+    ``ops.int8_weight_linear`` (16-bit activations times the int8 weight): faster where the layer
+    is bandwidth-bound, and more accurate.
     """
 
     weight: Int8Params

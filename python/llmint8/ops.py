@@ -11,10 +11,12 @@ import torch
 
 _ops = torch.ops.llmint8
 
-# At or below this many rows a linear layer is bound by reading its weight (on an H100, 16-bit
-# tensor cores need about 300 flops per weight byte; 128 rows give 256): int8_weight_linear is
-# faster there than the decomposition's extra launches, and more accurate.
-SMALL_BATCH_ROWS = 128
+# Where llm_int8_linear takes int8_weight_linear (csrc/forward_rule.h holds the rule; these mirror
+# it): up to SMALL_BATCH_ROWS rows on every device, where a layer is bound by reading its weight;
+# up to TENSOR_CORE_WEIGHT_ONLY_ROWS on Hopper GPUs, where a tensor-core kernel for it runs (K a
+# multiple of 16, N of 8). It is faster there than the decomposition, and more accurate.
+SMALL_BATCH_ROWS = 16
+TENSOR_CORE_WEIGHT_ONLY_ROWS = 128
 
 # Default number of outlier columns split out per call. LLM.int8 models show a handful (the
 # paper: at most ~7 systematic dimensions at 6.7B); columns beyond capacity stay in the int8 part.
@@ -141,14 +143,13 @@ def llm_int8_linear(
 ) -> torch.Tensor:
     """The forward of an int8 linear layer: the fastest path with LLM.int8 accuracy or better.
 
-    Up to ``SMALL_BATCH_ROWS`` rows, ``int8_weight_linear`` (16-bit activations, no rounding);
-    otherwise, or with ``exact_decomposition``, the LLM.int8 decomposition (``int8_linear``). The
-    choice depends only on shapes, so it is the same on every device and under torch.compile.
+    ``int8_weight_linear`` (16-bit activations, no rounding) up to ``SMALL_BATCH_ROWS`` rows, and up
+    to ``TENSOR_CORE_WEIGHT_ONLY_ROWS`` on Hopper GPUs; otherwise, or with ``exact_decomposition``,
+    the LLM.int8 decomposition (``int8_linear``). One op that picks in C++: the choice depends on
+    shapes and the device, never on values, so it holds under torch.compile and CUDA graphs.
     """
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not exact_decomposition and rows <= SMALL_BATCH_ROWS:
-        return int8_weight_linear(x, weight_int8, weight_absmax, bias)
-    return int8_linear(x, weight_int8, weight_absmax, bias, threshold, capacity)
+    return _ops.llm_int8_linear(x, weight_int8, weight_absmax, bias, float(threshold), int(capacity),
+                                bool(exact_decomposition))
 
 
 @torch.library.register_fake("llmint8::outlier_split")
@@ -190,6 +191,11 @@ def _int8_weight_linear_fake(x, weight_int8, weight_absmax, bias=None):
         lambda: f"x's last dimension (K = {x.shape[-1]}) must equal weight_int8's second dimension",
     )
     return x.new_empty((*x.shape[:-1], weight_int8.shape[0]))
+
+
+@torch.library.register_fake("llmint8::llm_int8_linear")
+def _llm_int8_linear_fake(x, weight_int8, weight_absmax, bias, threshold, capacity, exact_decomposition):
+    return _int8_linear_fake(x, weight_int8, weight_absmax, bias, threshold, capacity)
 
 
 @torch.library.register_fake("llmint8::int8_linear")

@@ -1,0 +1,30 @@
+// Which path an int8 layer's forward (the llm_int8_linear op) takes, shared by every device.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "checks.h"
+
+namespace llmint8 {
+
+// Up to this many rows a layer is bound by reading its weight on any device: int8_weight_linear
+// (16-bit activations times the int8 weight) beats the LLM.int8 decomposition there, and is more
+// accurate (only the weight is rounded).
+constexpr int64_t kSmallBatchRows = 16;
+
+// Up to this many rows where a tensor-core int8-weight kernel runs (Hopper:
+// int8_weight_linear_sm90.cu): 128 rows make 256 flops per weight byte, still under the ~300 at
+// which an H100's 16-bit tensor cores stop waiting for memory. Elsewhere the streaming kernel
+// takes the rows past 16, and it loses to the decomposition from about 48 rows (H100 sweep,
+// benchmarks/results/sweep_w8a16_rows_h100.json).
+constexpr int64_t kTensorCoreWeightOnlyRows = 128;
+
+// Whether x [*, K] takes int8_weight_linear on every device: a small batch, or K = 0 (nothing to
+// quantize).
+inline bool is_small_batch(const at::Tensor& x) {
+  return leading_rows(x) <= kSmallBatchRows || x.size(-1) == 0;
+}
+
+}  // namespace llmint8
