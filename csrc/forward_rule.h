@@ -16,9 +16,9 @@ constexpr int64_t kSmallBatchRows = 16;
 
 // Up to this many rows where a tensor-core int8-weight kernel runs (Hopper:
 // int8_weight_linear_sm90.cu): 128 rows make 256 flops per weight byte, still under the ~300 at
-// which an H100's 16-bit tensor cores stop waiting for memory. Elsewhere the streaming kernel
-// takes the rows past 16, and it loses to the decomposition from about 48 rows (H100 sweep,
-// benchmarks/results/sweep_w8a16_rows_h100.json).
+// which an H100's 16-bit tensor cores stop waiting for memory. Elsewhere only the streaming kernel
+// could take the rows past 16, and it loses to the decomposition from 32 to 96 rows depending on
+// the layer (H100: benchmarks/results/sweep_w8a16_rows_h100.json against bench_linear_h100_v5).
 constexpr int64_t kTensorCoreWeightOnlyRows = 128;
 
 // Whether x [*, K] takes int8_weight_linear on every device: a small batch, or K = 0 (nothing to
