@@ -26,9 +26,20 @@ wheels=$(ls .whl/*.whl 2>/dev/null)
 summary cutlass "$(python3 -m pip show nvidia-cutlass 2>/dev/null | grep -E '^Version' ||
   echo 'not installed: the fused sm90 GEMM is left out of the build')"
 
+# The build takes most of a short device call. It leaves $OUT/_C.so.xz and the hash of the sources
+# it was built from; carry that file back as PREBUILT=path/_C.so.xz (the .sources file beside it) to
+# skip the build while csrc/ and setup.py are unchanged, e.g. when only Python or benchmarks changed.
+sources_hash() { find csrc setup.py -type f | sort | xargs sha256sum | sha256sum | cut -d' ' -f1; }
 start=$SECONDS
-python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
-summary build "rc=$? in $((SECONDS - start)) s"
+if [ -n "${PREBUILT:-}" ] && [ "$(cat "${PREBUILT%.xz}.sources" 2>/dev/null)" = "$(sources_hash)" ]; then
+  xz -dc "$PREBUILT" >python/llmint8/_C.so && export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
+  summary build "reused $PREBUILT (sources unchanged)"
+else
+  [ -n "${PREBUILT:-}" ] && summary build "PREBUILT $PREBUILT is stale or unreadable: building"
+  python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1
+  summary build "rc=$? in $((SECONDS - start)) s"
+  xz -T0 -3 -c python/llmint8/_C.so >"$OUT/_C.so.xz" && sources_hash >"$OUT/_C.so.sources"
+fi
 ldd python/llmint8/_C*.so | grep -q libstdc++ || summary build "WARNING: _C.so does not link the shared libstdc++"
 echo "code in _C.so: $(cuobjdump --list-elf --list-ptx python/llmint8/_C*.so | grep -oE '(sm|compute)_[0-9a-z]+' | sort | uniq -c | tr -s ' \n' ' ')" | tee -a "$OUT/summary.txt"
 
