@@ -32,6 +32,20 @@ inline bool is_tma_aligned(const at::Tensor& t) {
   return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % kTmaAlignmentBytes == 0;
 }
 
+// A contiguous, TMA-aligned CUDA matrix of dtype.
+inline bool is_tma_matrix(const at::Tensor& t, at::ScalarType dtype) {
+  return t.is_cuda() && t.scalar_type() == dtype && t.dim() == 2 && t.is_contiguous() &&
+         is_tma_aligned(t);
+}
+
+// GEMM extents both kernels take: positive, within int, and 16-byte TMA rows for a K-major int8
+// operand (K % 16) and a 16-bit output with N contiguous elements per row or column (N % 8).
+inline bool are_tma_extents(int64_t m, int64_t n, int64_t k) {
+  if (m <= 0 || n <= 0 || k <= 0) return false;
+  if (k % kTmaAlignmentBytes != 0 || n % (kTmaAlignmentBytes / 2) != 0) return false;
+  return m <= kMaxExtent && n <= kMaxExtent && k <= kMaxExtent;
+}
+
 inline int device_attribute(cudaDeviceAttr attribute, int device) {
   int value = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
@@ -49,6 +63,29 @@ inline cutlass::KernelHardwareInfo hardware_info(int device) {
   info.device_id = device;
   info.sm_count = device_attribute(cudaDevAttrMultiProcessorCount, device);
   return info;
+}
+
+inline void check_on_device(const at::Tensor& t, const char* name, at::ScalarType dtype,
+                            const at::Device& device) {
+  TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// An fp32 per-row or per-column vector, read elementwise (no alignment needed beyond fp32's).
+inline void check_vector_operand(const at::Tensor& t, const char* name, const at::Device& device,
+                                 int64_t length) {
+  check_on_device(t, name, at::kFloat, device);
+  TORCH_CHECK(t.numel() == length, name, " must hold ", length, " values, got ", t.numel());
+}
+
+// A [rows, cols] matrix that TMA reads or writes.
+inline void check_matrix_operand(const at::Tensor& t, const char* name, at::ScalarType dtype,
+                                 const at::Device& device, int64_t rows, int64_t cols) {
+  check_on_device(t, name, dtype, device);
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must be [", rows,
+              ", ", cols, "], got ", t.sizes());
+  TORCH_CHECK(is_tma_aligned(t), name, " must be ", kTmaAlignmentBytes, "-byte aligned");
 }
 
 inline void check_cutlass(cutlass::Status status, const char* gemm, const char* step) {

@@ -25,7 +25,6 @@ namespace {
 
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
-using sm90::kMaxExtent;
 using sm90::kTmaAlignmentBytes;
 
 // float(acc) * (row_absmax * col_absmax / 127^2) + bias [+ addend]: dequantize_value's order,
@@ -198,47 +197,18 @@ void run_for_addend(const ScaledGemmOperands& op, const at::Device& device) {
   }
 }
 
-bool is_int8_matrix(const at::Tensor& t) {
-  return t.is_cuda() && t.scalar_type() == at::kChar && t.dim() == 2 && t.is_contiguous() &&
-         sm90::is_tma_aligned(t);
-}
-
-void check_on_device(const at::Tensor& t, const char* name, at::ScalarType dtype,
-                     const at::Device& device) {
-  TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
-  TORCH_CHECK(t.scalar_type() == dtype, name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-}
-
-// An fp32 per-row or per-column vector, read elementwise (no alignment needed beyond fp32's).
-void check_vector_operand(const at::Tensor& t, const char* name, const at::Device& device,
-                          int64_t length) {
-  check_on_device(t, name, at::kFloat, device);
-  TORCH_CHECK(t.numel() == length, name, " must hold ", length, " values, got ", t.numel());
-}
-
-// A [rows, cols] matrix that TMA reads or writes.
-void check_matrix_operand(const at::Tensor& t, const char* name, at::ScalarType dtype,
-                          const at::Device& device, int64_t rows, int64_t cols) {
-  check_on_device(t, name, dtype, device);
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, name, " must be [", rows,
-              ", ", cols, "], got ", t.sizes());
-  TORCH_CHECK(sm90::is_tma_aligned(t), name, " must be ", kTmaAlignmentBytes, "-byte aligned");
-}
-
 }  // namespace
 
 bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b_int8,
                                    at::ScalarType out_dtype) {
   if (out_dtype != at::kHalf && out_dtype != at::kBFloat16) return false;
-  if (!is_int8_matrix(a_int8) || !is_int8_matrix(b_int8)) return false;
+  if (!sm90::is_tma_matrix(a_int8, at::kChar) || !sm90::is_tma_matrix(b_int8, at::kChar)) {
+    return false;
+  }
   if (a_int8.device() != b_int8.device() || a_int8.size(1) != b_int8.size(1)) return false;
-  const int64_t m = a_int8.size(0), n = b_int8.size(0), k = a_int8.size(1);
-  if (m <= 0 || k <= 0 || n <= 0) return false;
-  // TMA needs 16-byte row strides: K int8 values for a and b, N 16-bit values for out and addend.
-  if (k % kTmaAlignmentBytes != 0 || n % (kTmaAlignmentBytes / 2) != 0) return false;
-  if (m > kMaxExtent || n > kMaxExtent || k > kMaxExtent) return false;
-  return sm90::is_compute_capability_90(a_int8.device());
+  // K int8 values per row of a and b, N 16-bit values per row of out and addend.
+  return sm90::are_tma_extents(a_int8.size(0), b_int8.size(0), a_int8.size(1)) &&
+         sm90::is_compute_capability_90(a_int8.device());
 }
 
 void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
@@ -248,11 +218,13 @@ void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
               "int8_scaled_gemm_sm90: operands not supported (see int8_scaled_gemm_sm90_applies)");
   const auto device = a_int8.device();
   const int64_t m = a_int8.size(0), n = b_int8.size(0), k = a_int8.size(1);
-  check_vector_operand(row_absmax, "row_absmax", device, m);
-  check_vector_operand(col_absmax, "col_absmax", device, n);
-  if (bias_f32.defined()) check_vector_operand(bias_f32, "bias", device, n);
-  if (addend.defined()) check_matrix_operand(addend, "addend", out.scalar_type(), device, m, n);
-  check_matrix_operand(out, "out", out.scalar_type(), device, m, n);
+  sm90::check_vector_operand(row_absmax, "row_absmax", device, m);
+  sm90::check_vector_operand(col_absmax, "col_absmax", device, n);
+  if (bias_f32.defined()) sm90::check_vector_operand(bias_f32, "bias", device, n);
+  if (addend.defined()) {
+    sm90::check_matrix_operand(addend, "addend", out.scalar_type(), device, m, n);
+  }
+  sm90::check_matrix_operand(out, "out", out.scalar_type(), device, m, n);
 
   const c10::cuda::CUDAGuard guard(device);
   const ScaledGemmOperands op{a_int8.const_data_ptr<int8_t>(),

@@ -28,7 +28,6 @@ namespace {
 
 using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
-using sm90::kMaxExtent;
 using sm90::kTmaAlignmentBytes;
 
 // float(acc) * (absmax / 127) + bias: the small-M kernel's order, so both W8A16 paths agree.
@@ -137,32 +136,18 @@ void run_for_rows(const WeightGemmOperands& op, const at::Device& device) {
   }
 }
 
-bool is_tma_matrix(const at::Tensor& t, at::ScalarType dtype) {
-  return t.is_cuda() && t.scalar_type() == dtype && t.dim() == 2 && t.is_contiguous() &&
-         sm90::is_tma_aligned(t);
-}
-
-void check_channel_vector(const at::Tensor& t, const char* name, const at::Device& device,
-                          int64_t n) {
-  TORCH_CHECK(t.device() == device && t.scalar_type() == at::kFloat && t.is_contiguous() &&
-                  t.numel() == n,
-              name, " must be a contiguous float32 tensor of ", n, " values on ", device,
-              ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
-}
-
 }  // namespace
 
 bool int8_weight_linear_sm90_applies(const at::Tensor& x2d, const at::Tensor& weight_int8) {
   const auto dtype = x2d.scalar_type();
   if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
-  if (!is_tma_matrix(x2d, dtype) || !is_tma_matrix(weight_int8, at::kChar)) return false;
+  if (!sm90::is_tma_matrix(x2d, dtype) || !sm90::is_tma_matrix(weight_int8, at::kChar)) {
+    return false;
+  }
   if (x2d.device() != weight_int8.device() || x2d.size(1) != weight_int8.size(1)) return false;
-  const int64_t rows = x2d.size(0), n = weight_int8.size(0), k = x2d.size(1);
-  if (rows <= 0 || n <= 0 || k <= 0) return false;
-  // 16-byte TMA rows: K int8 weights (K 16-bit activations need only K % 8), N 16-bit outputs.
-  if (k % kTmaAlignmentBytes != 0 || n % (kTmaAlignmentBytes / 2) != 0) return false;
-  if (rows > kMaxExtent || n > kMaxExtent || k > kMaxExtent) return false;
-  return sm90::is_compute_capability_90(x2d.device());
+  // K int8 values per weight row (16-bit activations need only K % 8), N outputs per column of D.
+  return sm90::are_tma_extents(weight_int8.size(0), x2d.size(0), x2d.size(1)) &&
+         sm90::is_compute_capability_90(x2d.device());
 }
 
 void int8_weight_linear_sm90(const at::Tensor& x2d, const at::Tensor& weight_int8,
@@ -172,11 +157,9 @@ void int8_weight_linear_sm90(const at::Tensor& x2d, const at::Tensor& weight_int
               "int8_weight_linear_sm90: operands not supported (see int8_weight_linear_sm90_applies)");
   const auto device = x2d.device();
   const int64_t rows = x2d.size(0), n = weight_int8.size(0), k = x2d.size(1);
-  check_channel_vector(weight_absmax, "weight_absmax", device, n);
-  if (bias_f32.defined()) check_channel_vector(bias_f32, "bias", device, n);
-  TORCH_CHECK(is_tma_matrix(out, x2d.scalar_type()) && out.size(0) == rows && out.size(1) == n,
-              "out must be a contiguous, 16-byte aligned ", x2d.scalar_type(), " [", rows, ", ", n,
-              "] tensor, got ", out.scalar_type(), " ", out.sizes());
+  sm90::check_vector_operand(weight_absmax, "weight_absmax", device, n);
+  if (bias_f32.defined()) sm90::check_vector_operand(bias_f32, "bias", device, n);
+  sm90::check_matrix_operand(out, "out", x2d.scalar_type(), device, rows, n);
 
   const c10::cuda::CUDAGuard guard(device);
   const WeightGemmOperands op{x2d.const_data_ptr(),
