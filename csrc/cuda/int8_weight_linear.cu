@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "../core/llmint8_core.h"
+#include "bias_vector.cuh"
 #include "occupancy.h"
 
 namespace llmint8 {
@@ -72,7 +73,7 @@ struct Problem {
   int64_t rows, k_dim, n_dim;
   const int8_t* w;
   const float* w_absmax;
-  const float* bias;
+  BiasVector bias;
   int64_t k_per_split;
   int64_t m_tiles;
   T* out;
@@ -225,7 +226,7 @@ __device__ __forceinline__ void store_block(const Problem<T>& p, int64_t n_base,
       p.partials[(blockIdx.y * p.rows + m) * p.n_dim + n] = sum;
     } else {
       p.out[m * p.n_dim + n] =
-          static_cast<T>(sum * (p.w_absmax[n] / kInt8Max) + (p.bias ? p.bias[n] : 0.0f));
+          static_cast<T>(sum * (p.w_absmax[n] / kInt8Max) + p.bias[n]);
     }
   }
 }
@@ -271,15 +272,15 @@ int8_weight_linear_kernel(const Problem<T> p) {
 template <typename T>
 __global__ void finish_split_k_kernel(const float* __restrict__ partials, int64_t splits,
                                       int64_t rows, int64_t n_dim,
-                                      const float* __restrict__ w_absmax,
-                                      const float* __restrict__ bias, T* __restrict__ out) {
+                                      const float* __restrict__ w_absmax, BiasVector bias,
+                                      T* __restrict__ out) {
   const int64_t total = rows * n_dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t n = i % n_dim;
     float sum = 0.0f;
     for (int64_t s = 0; s < splits; ++s) sum += partials[s * total + i];
-    out[i] = static_cast<T>(sum * (w_absmax[n] / kInt8Max) + (bias ? bias[n] : 0.0f));
+    out[i] = static_cast<T>(sum * (w_absmax[n] / kInt8Max) + bias[n]);
   }
 }
 
@@ -373,10 +374,10 @@ bool use_warps16(const Shape& s) { return s.tiles() <= s.sms; }
 
 template <typename T>
 Problem<T> problem_for(const at::Tensor& x2d, const at::Tensor& weight_int8,
-                       const at::Tensor& weight_absmax, const at::Tensor& bias_f32, at::Tensor& out) {
+                       const at::Tensor& weight_absmax, const at::Tensor& bias, at::Tensor& out) {
   return {x2d.const_data_ptr<T>(), x2d.size(0), x2d.size(1), weight_int8.size(0),
           weight_int8.const_data_ptr<int8_t>(), weight_absmax.const_data_ptr<float>(),
-          bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr, 0, 0,
+          BiasVector::of(bias), 0, 0,
           out.mutable_data_ptr<T>(), nullptr};
 }
 
@@ -402,15 +403,15 @@ bool int8_weight_linear_kernel_applies(const at::Tensor& x, const at::Tensor& we
 
 at::Tensor int8_weight_linear_cuda_kernel(const at::Tensor& x2d, const at::Tensor& weight_int8,
                                           const at::Tensor& weight_absmax,
-                                          const at::Tensor& bias_f32, at::Tensor out) {
+                                          const at::Tensor& bias, at::Tensor out) {
   const Shape shape{x2d.size(0), weight_int8.size(0), x2d.size(1),
                     multiprocessor_count(x2d.device().index())};
   const auto stream = c10::cuda::getCurrentCUDAStream(x2d.device().index()).stream();
   if (x2d.scalar_type() == at::kHalf) {
-    launch_for(problem_for<at::Half>(x2d, weight_int8, weight_absmax, bias_f32, out), shape,
+    launch_for(problem_for<at::Half>(x2d, weight_int8, weight_absmax, bias, out), shape,
                x2d.options(), stream);
   } else {
-    launch_for(problem_for<at::BFloat16>(x2d, weight_int8, weight_absmax, bias_f32, out), shape,
+    launch_for(problem_for<at::BFloat16>(x2d, weight_int8, weight_absmax, bias, out), shape,
                x2d.options(), stream);
   }
   return out;

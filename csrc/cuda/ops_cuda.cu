@@ -16,6 +16,7 @@
 #include "../core/llmint8_core.h"
 #include "../forward_rule.h"
 #include "../reference.h"
+#include "bias_vector.cuh"
 #include "int8_gemm_sm90.h"
 #include "int8_matmul_cublaslt.h"
 #include "int8_weight_linear.h"
@@ -37,6 +38,16 @@ LLMINT8_HOST_DEVICE int64_t blocks_for(int64_t work, int64_t per_block) { return
 
 cudaStream_t current_stream(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+
+// The bias for our own kernels, which widen it where they read it (bias_vector.cuh).
+at::Tensor contiguous_bias(const std::optional<at::Tensor>& bias) {
+  return bias.has_value() ? bias->contiguous() : at::Tensor();
+}
+
+// The bias for the CUTLASS epilogues, which broadcast fp32.
+at::Tensor fp32_bias(const std::optional<at::Tensor>& bias) {
+  return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
 }
 
 // Grid-stride launches are capped so huge tensors reuse threads instead of making giant grids.
@@ -483,14 +494,13 @@ std::tuple<at::Tensor, at::Tensor> quantize_colwise_cuda(const at::Tensor& weigh
 template <typename T>
 __global__ void dequant_outer_kernel(const int32_t* __restrict__ acc, int64_t rows, int64_t cols,
                                      const float* __restrict__ row_absmax,
-                                     const float* __restrict__ col_absmax,
-                                     const float* __restrict__ bias, T* __restrict__ out) {
+                                     const float* __restrict__ col_absmax, BiasVector bias,
+                                     T* __restrict__ out) {
   const int64_t total = rows * cols;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t col = i % cols;
-    const float value = dequantize_value(acc[i], row_absmax[i / cols], col_absmax[col],
-                                         bias ? bias[col] : 0.0f);
+    const float value = dequantize_value(acc[i], row_absmax[i / cols], col_absmax[col], bias[col]);
     out[i] = static_cast<T>(value);
   }
 }
@@ -506,12 +516,11 @@ at::Tensor dequant_outer_cuda(const at::Tensor& acc, const at::Tensor& row_absma
   const auto acc_c = acc.contiguous();
   const auto row_c = row_absmax.contiguous();
   const auto col_c = col_absmax.contiguous();
-  const auto bias_f = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const auto bias_c = contiguous_bias(bias);
   LLMINT8_DISPATCH_FLOAT_TYPES(out_dtype, "dequant_outer", [&] {
     dequant_outer_kernel<<<grid_stride_blocks(rows * cols), kThreads, 0, current_stream(acc)>>>(
         acc_c.const_data_ptr<int32_t>(), rows, cols, row_c.const_data_ptr<float>(),
-        col_c.const_data_ptr<float>(), bias_f.defined() ? bias_f.const_data_ptr<float>() : nullptr,
-        out.mutable_data_ptr<scalar_t>());
+        col_c.const_data_ptr<float>(), BiasVector::of(bias_c), out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -547,8 +556,7 @@ constexpr int kSlotsPerPass = 8;
 template <typename T>
 __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, int64_t rows,
                                              int64_t n_dim, const float* __restrict__ row_absmax,
-                                             const float* __restrict__ col_absmax,
-                                             const float* __restrict__ bias,
+                                             const float* __restrict__ col_absmax, BiasVector bias,
                                              const T* __restrict__ x_outliers,
                                              const float* __restrict__ w_cols_t,
                                              const int32_t* __restrict__ count, int64_t capacity,
@@ -558,7 +566,7 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
   const bool active = n < n_dim;  // no early return: every thread takes part in the barriers
   const int64_t used = x_outliers ? min(int64_t(*count), capacity) : 0;
   const float column_scale = active ? col_absmax[n] : 0.0f;
-  const float column_bias = active && bias ? bias[n] : 0.0f;
+  const float column_bias = active ? bias[n] : 0.0f;
   for (int64_t m_base = blockIdx.y * int64_t(kEpilogueRows); m_base < rows;
        m_base += int64_t(gridDim.y) * kEpilogueRows) {
     const int row_count = static_cast<int>(min(int64_t(kEpilogueRows), rows - m_base));
@@ -645,10 +653,9 @@ at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& wei
 
 // The GEMM side of int8_linear, the step another int8 GEMM can replace: out [*, N] =
 // dequant(a.x_int8 @ weight_int8^T) + bias + a.x_outliers @ (weight's outlier columns)^T.
-// weight_int8 and weight_scale arrive contiguous, bias_f32 as fp32 or undefined (the caller
-// prepares them once for either GEMM).
+// weight_int8, weight_scale and bias (any float dtype, or undefined) arrive contiguous.
 void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& weight_int8,
-                             const at::Tensor& weight_scale, const at::Tensor& bias_f32, at::Tensor& out) {
+                             const at::Tensor& weight_scale, const at::Tensor& bias, at::Tensor& out) {
   const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
   const auto acc = int8_matmul_cuda(a.x_int8, weight_int8);
   const auto w_cols_t = a.has_outliers()
@@ -659,8 +666,7 @@ void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& we
   LLMINT8_DISPATCH_FLOAT_TYPES(out.scalar_type(), "int8_linear", [&] {
     dequant_with_outliers_kernel<scalar_t><<<grid, kThreads, 0, current_stream(out)>>>(
         acc.const_data_ptr<int32_t>(), rows, n_dim, a.x_absmax.const_data_ptr<float>(),
-        weight_scale.const_data_ptr<float>(),
-        bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr,
+        weight_scale.const_data_ptr<float>(), BiasVector::of(bias),
         a.has_outliers() ? a.x_outliers.const_data_ptr<scalar_t>() : nullptr,
         a.has_outliers() ? w_cols_t.const_data_ptr<float>() : nullptr,
         a.has_outliers() ? a.outlier_count.const_data_ptr<int32_t>() : nullptr, capacity,
@@ -697,12 +703,11 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   const auto activations = quantize_activations(x, threshold, capacity);
   const auto weight = weight_int8.contiguous();
   const auto weight_scale = weight_absmax.contiguous();
-  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const auto x_int8_2d = activations.x_int8.view({leading_rows(x), x.size(-1)});
   if (int8_scaled_gemm_sm90_applies(x_int8_2d, weight, out.scalar_type())) {
-    int8_gemm_with_outliers_sm90(activations, weight, weight_scale, bias_f32, out);
+    int8_gemm_with_outliers_sm90(activations, weight, weight_scale, fp32_bias(bias), out);
   } else {
-    int8_gemm_with_outliers(activations, weight, weight_scale, bias_f32, out);
+    int8_gemm_with_outliers(activations, weight, weight_scale, contiguous_bias(bias), out);
   }
   return out;
 }
@@ -724,14 +729,13 @@ at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight
   auto out = at::empty(with_last_dim(x, weight.size(0)), x.options());
   if (out.numel() == 0) return out;
   if (x.size(-1) == 0) return int8_weight_linear_reference(x, weight_int8, weight_absmax, bias);
-  const auto bias_f32 = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const auto weight_scale = weight_absmax.contiguous();
   if (x2d.size(0) > kStreamingKernelMaxRows && int8_weight_linear_sm90_applies(x2d, weight)) {
     auto out2d = out.view({x2d.size(0), weight.size(0)});
-    int8_weight_linear_sm90(x2d, weight, weight_scale, bias_f32, out2d);
+    int8_weight_linear_sm90(x2d, weight, weight_scale, fp32_bias(bias), out2d);
     return out;
   }
-  return int8_weight_linear_cuda_kernel(x2d, weight, weight_scale, bias_f32, out);
+  return int8_weight_linear_cuda_kernel(x2d, weight, weight_scale, contiguous_bias(bias), out);
 }
 
 // forward_rule.h: past kSmallBatchRows, only where the Hopper tensor-core kernel takes x and the
