@@ -145,8 +145,8 @@ bool int8_weight_linear_sm90_applies(const at::Tensor& x2d, const at::Tensor& we
     return false;
   }
   if (x2d.device() != weight_int8.device() || x2d.size(1) != weight_int8.size(1)) return false;
-  // K int8 values per weight row (16-bit activations need only K % 8), N outputs per column of D.
-  return sm90::are_tma_extents(weight_int8.size(0), x2d.size(0), x2d.size(1)) &&
+  // K int8 values per weight row (16-bit activations need only K % 8), N outputs per row of out.
+  return sm90::are_tma_extents(x2d.size(0), weight_int8.size(0), x2d.size(1)) &&
          sm90::is_compute_capability_90(x2d.device());
 }
 
