@@ -97,6 +97,37 @@ def print_errors(rows: list[dict]) -> None:
         print(f"{r['dtype']:<9}{str(r['K']) + '->' + str(r['N']):>13}{r['M']:>6}  {errs}")
 
 
+def weight_bytes_fit(rows: list[dict], name: str, bytes_per_weight: int) -> tuple[float, float]:
+    """Least-squares time = fixed + weight bytes / bandwidth over the layers at M = 1 (graph mode):
+    (fixed µs, TB/s). The fixed part is what every call pays whatever its size (launch, and the
+    write-back of the dirty lines do_bench's L2 flush leaves)."""
+    points = [(r["K"] * r["N"] * bytes_per_weight / 1e6, r[f"{name} graph_ms"] * 1e3) for r in rows]
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    return mean_y - slope * mean_x, 1 / slope
+
+
+def print_bandwidth_fit(rows: list[dict]) -> None:
+    """At M = 1 a layer reads its weight once, so its time is a fixed cost plus bytes / bandwidth.
+    The best ratio an int8 kernel can reach with 16-bit F.linear's fixed cost and bandwidth is
+    (fixed + 2 S / B) / (fixed + S / B) for S weight bytes in int8."""
+    print("\nM = 1, graph mode: time = fixed + weight bytes / bandwidth, fitted over the layers")
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        ones = [r for r in rows if r["dtype"] == dtype and r["M"] == 1]
+        if len(ones) < 2:
+            continue
+        fixed16, bandwidth16 = weight_bytes_fit(ones, "linear", 2)
+        fixed8, bandwidth8 = weight_bytes_fit(ones, "llmint8 t6", 1)
+        print(f"{dtype:<9} F.linear: {fixed16:.1f} µs + bytes / {bandwidth16:.2f} TB/s; "
+              f"llmint8 t6: {fixed8:.1f} µs + bytes / {bandwidth8:.2f} TB/s")
+        for r in ones:
+            int8_us = r["K"] * r["N"] / 1e6 / bandwidth16
+            bound = (fixed16 + 2 * int8_us) / (fixed16 + int8_us)
+            print(f"{'':<9}{str(r['K']) + '->' + str(r['N']):>13}  at F.linear's fixed cost and bandwidth: "
+                  f"{bound:.2f}x, measured {r['linear graph_ms'] / r['llmint8 t6 graph_ms']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -115,6 +146,7 @@ def main() -> None:
                       lambda r: r["linear graph_ms"] / r["llmint8 t6 graph_ms"], "Linear8bitLt threshold 6 (CUDA graph)")
     print_errors(rows)
     print_table(rows, "eager")
+    print_bandwidth_fit(rows)
     print_table(rows, "graph")
 
 
