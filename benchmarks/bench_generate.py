@@ -38,14 +38,37 @@ def random_fp16_model(layers: int) -> OPTForCausalLM:
     return model
 
 
-def kernel_ms(fn) -> float:
-    """Sum of GPU kernel time of one call of fn, from the profiler."""
+LINEAR_RANGE = "linear layer"
+
+
+def kernel_ms(fn, model) -> tuple[float, float]:
+    """GPU kernel time of one call of fn, from the profiler: all kernels, and those launched inside
+    the model's linear layers (lm_head included), the only part int8 changes."""
     fn()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(e.device_time_total for e in prof.key_averages()) / 1e3
+    open_ranges = []
+
+    def enter(module, args):
+        open_ranges.append(torch.profiler.record_function(LINEAR_RANGE))
+        open_ranges[-1].__enter__()
+
+    def leave(module, args, output):
+        open_ranges.pop().__exit__(None, None, None)
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    hooks = [h for m in linears for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    try:
+        with torch.profiler.profile(activities=activities) as prof:
+            fn()
+            torch.cuda.synchronize()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    events = prof.key_averages()
+    total = sum(e.device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    linear = sum(e.device_time_total for e in events if e.key == LINEAR_RANGE)
+    return total / 1e3, linear / 1e3
 
 
 def decode_step_fn(model, config, prompt: torch.Tensor, token: torch.Tensor):
@@ -77,15 +100,29 @@ def measure(name: str, model, config, prompt: torch.Tensor, token: torch.Tensor)
             return model(prompt, use_cache=False).logits
 
     step = decode_step_fn(model, config, prompt, token)
-    row = {"method": name, "memory_bytes": llmint8.model_memory_bytes(model),
-           "prefill_ms": median_ms(prefill), "decode_kernel_ms": kernel_ms(step),
-           "decode_eager_ms": median_ms(step)}
+    row = {"method": name, "memory_bytes": llmint8.model_memory_bytes(model), "prefill_ms": median_ms(prefill)}
+    row["prefill_kernel_ms"], row["prefill_linear_kernel_ms"] = kernel_ms(prefill, model)
+    row["decode_kernel_ms"], row["decode_linear_kernel_ms"] = kernel_ms(step, model)
+    row["decode_eager_ms"] = median_ms(step)
     try:
         row["decode_graph_ms"] = graph_median_ms(step)
     except Exception as error:  # report, don't hide: which part of the step refused capture
         row["decode_graph_ms"] = float("nan")
         row["graph_error"] = f"{type(error).__name__}: {error}"[:300]
     return row
+
+
+def print_linear_share(fp16: dict, int8: dict) -> None:
+    """The decode step's kernels split into linear layers and the rest (attention over the cache,
+    norms, embeddings: the same kernels in both models), and the step ratio that linear layers twice
+    as fast as fp16's (half the weight bytes) would give: the most int8 weights can do for it."""
+    rest = fp16["decode_kernel_ms"] - fp16["decode_linear_kernel_ms"]
+    print(f"decode kernels: linear layers fp16 {fp16['decode_linear_kernel_ms']:.3f} ms, int8 "
+          f"{int8['decode_linear_kernel_ms']:.3f} ms "
+          f"({fp16['decode_linear_kernel_ms'] / int8['decode_linear_kernel_ms']:.2f}x); the rest "
+          f"{rest:.3f} ms (fp16) / {int8['decode_kernel_ms'] - int8['decode_linear_kernel_ms']:.3f} ms (int8); "
+          f"with linear layers at 2x the step would be "
+          f"{fp16['decode_kernel_ms'] / (rest + fp16['decode_linear_kernel_ms'] / 2):.2f}x")
 
 
 def main() -> None:
@@ -106,16 +143,19 @@ def main() -> None:
     print("json:", save_results("bench_generate", rows, args.out))
     base = rows[0]
     print(f"\nOPT-6.7B-shaped ({args.layers} layers, random weights) on {torch.cuda.get_device_name()}")
-    print(f"{'method':<12}{'memory GiB':>11}{'prefill 2048 ms':>16}{'decode graph ms':>16}"
-          f"{'decode kernels ms':>18}{'decode eager ms':>16}")
+    print(f"{'method':<12}{'memory GiB':>11}{'prefill 2048 ms':>16}{'prefill kernels ms':>19}"
+          f"{'decode graph ms':>16}{'decode kernels ms':>18}{'decode eager ms':>16}")
     for r in rows:
         print(f"{r['method']:<12}{r['memory_bytes'] / 2**30:>11.2f}{r['prefill_ms']:>16.2f}"
-              f"{r['decode_graph_ms']:>16.3f}{r['decode_kernel_ms']:>18.3f}{r['decode_eager_ms']:>16.2f}")
+              f"{r['prefill_kernel_ms']:>19.2f}{r['decode_graph_ms']:>16.3f}{r['decode_kernel_ms']:>18.3f}"
+              f"{r['decode_eager_ms']:>16.2f}")
     int8_row = rows[1]
     print(f"\nint8 vs fp16: memory {int8_row['memory_bytes'] / base['memory_bytes']:.3f}x, "
-          f"prefill {base['prefill_ms'] / int8_row['prefill_ms']:.2f}x faster, "
+          f"prefill {base['prefill_ms'] / int8_row['prefill_ms']:.2f}x faster "
+          f"(kernels {base['prefill_kernel_ms'] / int8_row['prefill_kernel_ms']:.2f}x), "
           f"graph decode step {base['decode_graph_ms'] / int8_row['decode_graph_ms']:.2f}x, "
           f"decode kernels {base['decode_kernel_ms'] / int8_row['decode_kernel_ms']:.2f}x")
+    print_linear_share(base, int8_row)
     for r in rows:
         if "graph_error" in r:
             print(f"{r['method']}: CUDA graph capture failed: {r['graph_error']}")
