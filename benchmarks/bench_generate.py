@@ -38,37 +38,34 @@ def random_fp16_model(layers: int) -> OPTForCausalLM:
     return model
 
 
-LINEAR_RANGE = "linear layer"
-
-
-def kernel_ms(fn, model) -> tuple[float, float]:
-    """GPU kernel time of one call of fn, from the profiler: all kernels, and those launched inside
-    the model's linear layers (lm_head included), the only part int8 changes."""
+def kernel_ms(fn) -> float:
+    """Sum of GPU kernel time of one call of fn, from the profiler."""
     fn()
     torch.cuda.synchronize()
-    open_ranges = []
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(e.device_time_total for e in prof.key_averages()) / 1e3
 
-    def enter(module, args):
-        open_ranges.append(torch.profiler.record_function(LINEAR_RANGE))
-        open_ranges[-1].__enter__()
 
-    def leave(module, args, output):
-        open_ranges.pop().__exit__(None, None, None)
-
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    hooks = [h for m in linears for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+def linear_layers_graph_ms(model, step) -> float:
+    """CUDA-graph time of the step's linear layers alone (lm_head included), each called on the
+    input it saw in one step: the only part of the step that int8 changes."""
+    calls = []
+    hooks = [m.register_forward_hook(lambda module, args, output: calls.append((module, args[0].clone())))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
     try:
-        with torch.profiler.profile(activities=activities) as prof:
-            fn()
-            torch.cuda.synchronize()
+        step()
     finally:
         for hook in hooks:
             hook.remove()
-    events = prof.key_averages()
-    total = sum(e.device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    linear = sum(e.device_time_total for e in events if e.key == LINEAR_RANGE)
-    return total / 1e3, linear / 1e3
+
+    def linear_layers():
+        with torch.no_grad():
+            for module, x in calls:
+                module(x)
+
+    return graph_median_ms(linear_layers)
 
 
 def decode_step_fn(model, config, prompt: torch.Tensor, token: torch.Tensor):
@@ -100,29 +97,28 @@ def measure(name: str, model, config, prompt: torch.Tensor, token: torch.Tensor)
             return model(prompt, use_cache=False).logits
 
     step = decode_step_fn(model, config, prompt, token)
-    row = {"method": name, "memory_bytes": llmint8.model_memory_bytes(model), "prefill_ms": median_ms(prefill)}
-    row["prefill_kernel_ms"], row["prefill_linear_kernel_ms"] = kernel_ms(prefill, model)
-    row["decode_kernel_ms"], row["decode_linear_kernel_ms"] = kernel_ms(step, model)
-    row["decode_eager_ms"] = median_ms(step)
+    row = {"method": name, "memory_bytes": llmint8.model_memory_bytes(model),
+           "prefill_ms": median_ms(prefill), "prefill_kernel_ms": kernel_ms(prefill),
+           "decode_kernel_ms": kernel_ms(step), "decode_eager_ms": median_ms(step)}
     try:
         row["decode_graph_ms"] = graph_median_ms(step)
+        row["decode_linear_graph_ms"] = linear_layers_graph_ms(model, step)
     except Exception as error:  # report, don't hide: which part of the step refused capture
-        row["decode_graph_ms"] = float("nan")
+        row["decode_graph_ms"] = row["decode_linear_graph_ms"] = float("nan")
         row["graph_error"] = f"{type(error).__name__}: {error}"[:300]
     return row
 
 
 def print_linear_share(fp16: dict, int8: dict) -> None:
-    """The decode step's kernels split into linear layers and the rest (attention over the cache,
-    norms, embeddings: the same kernels in both models), and the step ratio that linear layers twice
-    as fast as fp16's (half the weight bytes) would give: the most int8 weights can do for it."""
-    rest = fp16["decode_kernel_ms"] - fp16["decode_linear_kernel_ms"]
-    print(f"decode kernels: linear layers fp16 {fp16['decode_linear_kernel_ms']:.3f} ms, int8 "
-          f"{int8['decode_linear_kernel_ms']:.3f} ms "
-          f"({fp16['decode_linear_kernel_ms'] / int8['decode_linear_kernel_ms']:.2f}x); the rest "
-          f"{rest:.3f} ms (fp16) / {int8['decode_kernel_ms'] - int8['decode_linear_kernel_ms']:.3f} ms (int8); "
-          f"with linear layers at 2x the step would be "
-          f"{fp16['decode_kernel_ms'] / (rest + fp16['decode_linear_kernel_ms'] / 2):.2f}x")
+    """The graph-captured decode step split into its linear layers and the rest (attention over
+    the cache, norms, embeddings: the same kernels in both models), and the step ratio that linear
+    layers twice as fast as fp16's (half the weight bytes) would give: the most int8 weights can do."""
+    rest = fp16["decode_graph_ms"] - fp16["decode_linear_graph_ms"]
+    print(f"decode step, CUDA graph: linear layers alone fp16 {fp16['decode_linear_graph_ms']:.3f} ms, int8 "
+          f"{int8['decode_linear_graph_ms']:.3f} ms "
+          f"({fp16['decode_linear_graph_ms'] / int8['decode_linear_graph_ms']:.2f}x); the rest of the step "
+          f"{rest:.3f} ms (fp16) / {int8['decode_graph_ms'] - int8['decode_linear_graph_ms']:.3f} ms (int8); "
+          f"with linear layers at 2x the step would be {fp16['decode_graph_ms'] / (rest + fp16['decode_linear_graph_ms'] / 2):.2f}x")
 
 
 def main() -> None:

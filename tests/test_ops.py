@@ -375,15 +375,16 @@ def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(rows, d
     assert fast <= composed
 
 
-# The kernels read a bias in its own dtype instead of converting it first; a 16-bit bias must
+# The kernels read a bias as it comes instead of converting it to fp32 first; a 16-bit bias must
 # give exactly what its fp32 copy gives. Rows 1 and 16: the streaming kernel (K split and not);
-# 40: Hopper's CUTLASS kernel (which takes fp32); 300: the exact decomposition.
+# 40: Hopper's CUTLASS kernel (which reads it in x's dtype); 300: the exact decomposition. The bias
+# is a view one element into its storage, so not 16-byte aligned.
 @pytest.mark.parametrize("m", [1, 16, 40, 300])
 @pytest.mark.parametrize("bias_dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_bias_in_any_float_dtype_equals_its_fp32_copy(m, bias_dtype, dtype, device):
     x = random_activations((m, 2048), dtype, device, outlier_cols=[3, 700])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(264, 2048, device=device))
-    bias = torch.randn(264, device=device).to(bias_dtype)
+    bias = torch.randn(265, device=device).to(bias_dtype)[1:]
     for forward in (ops.llm_int8_linear, ops.int8_linear):
         out = forward(x, w_int8, w_absmax, bias, THRESHOLD)
         torch.testing.assert_close(out, forward(x, w_int8, w_absmax, bias.float(), THRESHOLD), rtol=0, atol=0)

@@ -79,6 +79,14 @@ inline void check_vector_operand(const at::Tensor& t, const char* name, const at
   TORCH_CHECK(t.numel() == length, name, " must hold ", length, " values, got ", t.numel());
 }
 
+// A bias of `length` values in the output's dtype, read in 16-byte vectors.
+inline void check_bias_operand(const at::Tensor& t, at::ScalarType dtype, const at::Device& device,
+                               int64_t length) {
+  check_on_device(t, "bias", dtype, device);
+  TORCH_CHECK(t.numel() == length, "bias must hold ", length, " values, got ", t.numel());
+  TORCH_CHECK(is_tma_aligned(t), "bias must be ", kTmaAlignmentBytes, "-byte aligned");
+}
+
 // A [rows, cols] matrix that TMA reads or writes.
 inline void check_matrix_operand(const at::Tensor& t, const char* name, at::ScalarType dtype,
                                  const at::Device& device, int64_t rows, int64_t cols) {

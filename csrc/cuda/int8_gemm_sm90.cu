@@ -50,16 +50,19 @@ struct DequantizeFragment {
 template <class TileShape>
 using RowAbsmaxBroadcast =
     fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>, /*Alignment=*/1>;
-// A null pointer reads as 0 (EnableNullptr), which is how an absent bias costs nothing extra.
 template <class TileShape>
 using PerColumnBroadcast = fusion::Sm90RowBroadcast<0, TileShape, float, float>;
+// The bias in the output's dtype, as a module holds it, so that no conversion launch precedes the
+// GEMM. A null pointer reads as 0 (EnableNullptr), which is how an absent bias costs nothing extra.
+template <class TileShape, class Out>
+using BiasBroadcast = fusion::Sm90RowBroadcast<0, TileShape, Out, float>;
 
 // Addend is empty or the C operand fetch (Sm90SrcFetch).
 template <class TileShape, class Out, class... Addend>
 using DequantizeTree = fusion::Sm90EVT<
     fusion::Sm90Compute<DequantizeFragment, Out, float, cutlass::FloatRoundStyle::round_to_nearest>,
     fusion::Sm90AccFetch, RowAbsmaxBroadcast<TileShape>, PerColumnBroadcast<TileShape>,
-    PerColumnBroadcast<TileShape>, Addend...>;
+    BiasBroadcast<TileShape, Out>, Addend...>;
 
 template <class TileShape_, class ClusterShape_, class KernelSchedule_, class EpilogueSchedule_,
           class TileScheduler_>
@@ -132,7 +135,7 @@ struct ScaledGemmOperands {
   const int8_t* b;
   const float* row_absmax;
   const float* col_absmax;
-  const float* bias;
+  const void* bias;
   const void* addend;
   void* out;
   int m, n, k;
@@ -155,9 +158,9 @@ typename ScaledGemm<Config, Out, kWithAddend>::Gemm::Arguments gemm_arguments(
   typename Kernel::EpilogueArguments epilogue{};
   // Children in DequantizeTree's order, then the compute node's (empty) arguments.
   if constexpr (kWithAddend) {
-    epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {op.bias}, {}, {}};
+    epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {static_cast<const Out*>(op.bias)}, {}, {}};
   } else {
-    epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {op.bias}, {}};
+    epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {static_cast<const Out*>(op.bias)}, {}};
   }
   epilogue.ptr_C = static_cast<const ElementC*>(op.addend);
   epilogue.dC = stride_c;
@@ -213,14 +216,14 @@ bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b
 
 void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
                            const at::Tensor& row_absmax, const at::Tensor& col_absmax,
-                           const at::Tensor& bias_f32, const at::Tensor& addend, at::Tensor& out) {
+                           const at::Tensor& bias, const at::Tensor& addend, at::Tensor& out) {
   TORCH_CHECK(int8_scaled_gemm_sm90_applies(a_int8, b_int8, out.scalar_type()),
               "int8_scaled_gemm_sm90: operands not supported (see int8_scaled_gemm_sm90_applies)");
   const auto device = a_int8.device();
   const int64_t m = a_int8.size(0), n = b_int8.size(0), k = a_int8.size(1);
   sm90::check_vector_operand(row_absmax, "row_absmax", device, m);
   sm90::check_vector_operand(col_absmax, "col_absmax", device, n);
-  if (bias_f32.defined()) sm90::check_vector_operand(bias_f32, "bias", device, n);
+  if (bias.defined()) sm90::check_bias_operand(bias, out.scalar_type(), device, n);
   if (addend.defined()) {
     sm90::check_matrix_operand(addend, "addend", out.scalar_type(), device, m, n);
   }
@@ -231,7 +234,7 @@ void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
                               b_int8.const_data_ptr<int8_t>(),
                               row_absmax.const_data_ptr<float>(),
                               col_absmax.const_data_ptr<float>(),
-                              bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr,
+                              bias.defined() ? bias.const_data_ptr() : nullptr,
                               addend.defined() ? addend.const_data_ptr() : nullptr,
                               out.mutable_data_ptr(),
                               static_cast<int>(m),

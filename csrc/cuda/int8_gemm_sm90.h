@@ -11,12 +11,12 @@ namespace llmint8 {
 bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b_int8,
                                    at::ScalarType out_dtype);
 
-// out [M, N] = a [M, K] . b [N, K]^T * row_absmax [M] (x) col_absmax [N] / 127^2 + bias_f32 [N]
-// + addend [M, N], in fp32 with one rounding to out's dtype. bias_f32 (fp32) and addend (out's
-// dtype) may be undefined; out is preallocated, contiguous and 16-byte aligned, as is addend.
+// out [M, N] = a [M, K] . b [N, K]^T * row_absmax [M] (x) col_absmax [N] / 127^2 + bias [N]
+// + addend [M, N], in fp32 with one rounding to out's dtype. bias and addend (both in out's
+// dtype) may be undefined; out is preallocated, contiguous and 16-byte aligned, as are bias and addend.
 // Runs on the current CUDA stream; requires int8_scaled_gemm_sm90_applies.
 void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
                            const at::Tensor& row_absmax, const at::Tensor& col_absmax,
-                           const at::Tensor& bias_f32, const at::Tensor& addend, at::Tensor& out);
+                           const at::Tensor& bias, const at::Tensor& addend, at::Tensor& out);
 
 }  // namespace llmint8

@@ -45,17 +45,18 @@ struct ScaleByChannel {
 };
 
 // One value per output channel, i.e. per row of CUTLASS's M: a column-vector broadcast, read once
-// per tile (Stages = 0), scalar loads (a sliced absmax promises no vector alignment). A null bias
-// reads as 0.
-template <class TileShape>
+// per tile (Stages = 0), scalar loads (a sliced absmax promises no vector alignment). The fp32
+// absmax, and the bias in the output's dtype as the module holds it (no conversion launch); a
+// null bias reads as 0.
+template <class TileShape, class Element = float>
 using ChannelBroadcast =
-    fusion::Sm90ColBroadcast<0, TileShape, float, float, Stride<_1, _0, _0>, /*Alignment=*/1>;
+    fusion::Sm90ColBroadcast<0, TileShape, Element, float, Stride<_1, _0, _0>, /*Alignment=*/1>;
 
 template <class TileShape, class Out>
 using ScaleByChannelTree =
     fusion::Sm90EVT<fusion::Sm90Compute<ScaleByChannel, Out, float,
                                         cutlass::FloatRoundStyle::round_to_nearest>,
-                    fusion::Sm90AccFetch, ChannelBroadcast<TileShape>, ChannelBroadcast<TileShape>>;
+                    fusion::Sm90AccFetch, ChannelBroadcast<TileShape>, ChannelBroadcast<TileShape, Out>>;
 
 // 128 weight rows per tile (the cooperative kernel's two warpgroups of 64) against a tile of
 // x rows sized to M, so small M wastes few MMAs; K tiles of 64 16-bit values (128 bytes, TMA's
@@ -94,7 +95,7 @@ struct WeightGemmOperands {
   const void* x;
   const int8_t* weight;
   const float* weight_absmax;
-  const float* bias;
+  const void* bias;
   void* out;
   int rows, n, k;
 };
@@ -112,7 +113,7 @@ void run_weight_gemm(const WeightGemmOperands& op, const at::Device& device) {
 
   typename Kernel::EpilogueArguments epilogue{};
   // Children in ScaleByChannelTree's order, then the compute node's (empty) arguments.
-  epilogue.thread = {{}, {op.weight_absmax}, {op.bias}, {}};
+  epilogue.thread = {{}, {op.weight_absmax}, {static_cast<const Out*>(op.bias)}, {}};
   epilogue.ptr_C = nullptr;
   epilogue.dC = stride_out;
   epilogue.ptr_D = static_cast<Out*>(op.out);
@@ -170,21 +171,21 @@ bool int8_weight_linear_sm90_applies(const at::Tensor& x2d, const at::Tensor& we
 }
 
 void int8_weight_linear_sm90(const at::Tensor& x2d, const at::Tensor& weight_int8,
-                             const at::Tensor& weight_absmax, const at::Tensor& bias_f32,
+                             const at::Tensor& weight_absmax, const at::Tensor& bias,
                              at::Tensor& out) {
   TORCH_CHECK(int8_weight_linear_sm90_applies(x2d, weight_int8),
               "int8_weight_linear_sm90: operands not supported (see int8_weight_linear_sm90_applies)");
   const auto device = x2d.device();
   const int64_t rows = x2d.size(0), n = weight_int8.size(0), k = x2d.size(1);
   sm90::check_vector_operand(weight_absmax, "weight_absmax", device, n);
-  if (bias_f32.defined()) sm90::check_vector_operand(bias_f32, "bias", device, n);
+  if (bias.defined()) sm90::check_bias_operand(bias, x2d.scalar_type(), device, n);
   sm90::check_matrix_operand(out, "out", x2d.scalar_type(), device, rows, n);
 
   const c10::cuda::CUDAGuard guard(device);
   const WeightGemmOperands op{x2d.const_data_ptr(),
                               weight_int8.const_data_ptr<int8_t>(),
                               weight_absmax.const_data_ptr<float>(),
-                              bias_f32.defined() ? bias_f32.const_data_ptr<float>() : nullptr,
+                              bias.defined() ? bias.const_data_ptr() : nullptr,
                               out.mutable_data_ptr(),
                               static_cast<int>(rows),
                               static_cast<int>(n),

@@ -10,11 +10,12 @@ namespace llmint8 {
 // 16-byte aligned on it, M, N, K > 0, K % 16 == 0 and N % 8 == 0.
 bool int8_weight_linear_sm90_applies(const at::Tensor& x2d, const at::Tensor& weight_int8);
 
-// out [M, N] = x [M, K] . weight [N, K]^T * weight_absmax [N] / 127 + bias_f32 [N]: each int8
+// out [M, N] = x [M, K] . weight [N, K]^T * weight_absmax [N] / 127 + bias [N]: each int8
 // weight is widened exactly to x's dtype, products sum in fp32, one rounding to out (x's dtype,
-// contiguous, 16-byte aligned). bias_f32 may be undefined. Requires int8_weight_linear_sm90_applies.
+// contiguous, 16-byte aligned). bias (x's dtype, 16-byte aligned) may be undefined. Requires
+// int8_weight_linear_sm90_applies.
 void int8_weight_linear_sm90(const at::Tensor& x2d, const at::Tensor& weight_int8,
-                             const at::Tensor& weight_absmax, const at::Tensor& bias_f32,
+                             const at::Tensor& weight_absmax, const at::Tensor& bias,
                              at::Tensor& out);
 
 }  // namespace llmint8

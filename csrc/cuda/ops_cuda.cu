@@ -45,9 +45,13 @@ at::Tensor contiguous_bias(const std::optional<at::Tensor>& bias) {
   return bias.has_value() ? bias->contiguous() : at::Tensor();
 }
 
-// The bias for the CUTLASS epilogues, which broadcast fp32.
-at::Tensor fp32_bias(const std::optional<at::Tensor>& bias) {
-  return bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+// The bias for the CUTLASS epilogues, which read it in the output's dtype in 16-byte vectors: the
+// module's own tensor when it already is that (no launch), else a converted or aligned copy.
+at::Tensor epilogue_bias(const std::optional<at::Tensor>& bias, at::ScalarType dtype) {
+  if (!bias.has_value()) return at::Tensor();
+  auto converted = bias->to(dtype).contiguous();
+  return reinterpret_cast<uintptr_t>(converted.const_data_ptr()) % kVectorBytes == 0 ? converted
+                                                                                     : converted.clone();
 }
 
 // Grid-stride launches are capped so huge tensors reuse threads instead of making giant grids.
@@ -680,7 +684,7 @@ void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& we
 // result the epilogue reads as its addend; it is rounded to 16 bits once before the sum, as in the
 // five-op composition.
 void int8_gemm_with_outliers_sm90(const QuantizedActivations& a, const at::Tensor& weight_int8,
-                                  const at::Tensor& weight_scale, const at::Tensor& bias_f32, at::Tensor& out) {
+                                  const at::Tensor& weight_scale, const at::Tensor& bias, at::Tensor& out) {
   const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
   auto out2d = out.view({rows, n_dim});
   at::Tensor addend;
@@ -689,7 +693,7 @@ void int8_gemm_with_outliers_sm90(const QuantizedActivations& a, const at::Tenso
     addend = at::mm(a.x_outliers.view({rows, -1}), w_cols_t);
   }
   int8_scaled_gemm_sm90(a.x_int8.view({rows, -1}), weight_int8, a.x_absmax.view({rows}), weight_scale,
-                        bias_f32, addend, out2d);
+                        bias, addend, out2d);
 }
 
 at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
@@ -705,7 +709,8 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   const auto weight_scale = weight_absmax.contiguous();
   const auto x_int8_2d = activations.x_int8.view({leading_rows(x), x.size(-1)});
   if (int8_scaled_gemm_sm90_applies(x_int8_2d, weight, out.scalar_type())) {
-    int8_gemm_with_outliers_sm90(activations, weight, weight_scale, fp32_bias(bias), out);
+    const auto bias_out = epilogue_bias(bias, out.scalar_type());
+    int8_gemm_with_outliers_sm90(activations, weight, weight_scale, bias_out, out);
   } else {
     int8_gemm_with_outliers(activations, weight, weight_scale, contiguous_bias(bias), out);
   }
@@ -732,7 +737,7 @@ at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight
   const auto weight_scale = weight_absmax.contiguous();
   if (x2d.size(0) > kStreamingKernelMaxRows && int8_weight_linear_sm90_applies(x2d, weight)) {
     auto out2d = out.view({x2d.size(0), weight.size(0)});
-    int8_weight_linear_sm90(x2d, weight, weight_scale, fp32_bias(bias), out2d);
+    int8_weight_linear_sm90(x2d, weight, weight_scale, epilogue_bias(bias, x.scalar_type()), out2d);
     return out;
   }
   return int8_weight_linear_cuda_kernel(x2d, weight, weight_scale, contiguous_bias(bias), out);
