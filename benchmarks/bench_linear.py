@@ -53,7 +53,7 @@ def methods_for(x: torch.Tensor, weight: torch.Tensor) -> dict:
         b = torch.randint(-127, 128, weight.shape, dtype=torch.int8, device="cuda").T
         methods["torch._int_mm"] = lambda: torch._int_mm(a, b)
     if bnb is not None and x.dtype == torch.float16:
-        bnb6 = bnb_layer(weight, 6.0)
+        layers["bnb t6"] = bnb6 = bnb_layer(weight, 6.0)
         methods["bnb t6"] = lambda: bnb6(x)
     return methods, layers
 
