@@ -7,7 +7,6 @@
 #include <limits>
 
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 
 // The collective builders, epilogue visitors and device adapter both GEMMs are made of.
@@ -20,6 +19,8 @@
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
 #include <cutlass/kernel_hardware_info.h>
 #include <cutlass/util/packed_stride.hpp>
+
+#include "occupancy.h"
 
 namespace llmint8::sm90 {
 
@@ -46,22 +47,16 @@ inline bool are_tma_extents(int64_t m, int64_t n, int64_t k) {
   return m <= kMaxExtent && n <= kMaxExtent && k <= kMaxExtent;
 }
 
-inline int device_attribute(cudaDeviceAttr attribute, int device) {
-  int value = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
-  return value;
-}
-
 // sm_90a code (wgmma, TMA) runs on compute capability 9.0 alone.
 inline bool is_compute_capability_90(const at::Device& device) {
-  return device_attribute(cudaDevAttrComputeCapabilityMajor, device.index()) == 9 &&
-         device_attribute(cudaDevAttrComputeCapabilityMinor, device.index()) == 0;
+  const auto& facts = device_facts(device.index());
+  return facts.major == 9 && facts.minor == 0;
 }
 
 inline cutlass::KernelHardwareInfo hardware_info(int device) {
   cutlass::KernelHardwareInfo info;
   info.device_id = device;
-  info.sm_count = device_attribute(cudaDevAttrMultiProcessorCount, device);
+  info.sm_count = device_facts(device).multiprocessors;
   return info;
 }
 
@@ -72,18 +67,18 @@ inline void check_on_device(const at::Tensor& t, const char* name, at::ScalarTyp
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
-// An fp32 per-row or per-column vector, read elementwise (no alignment needed beyond fp32's).
+// A per-row or per-column vector (fp32 unless said otherwise), read elementwise: no alignment
+// needed beyond its element's.
 inline void check_vector_operand(const at::Tensor& t, const char* name, const at::Device& device,
-                                 int64_t length) {
-  check_on_device(t, name, at::kFloat, device);
+                                 int64_t length, at::ScalarType dtype = at::kFloat) {
+  check_on_device(t, name, dtype, device);
   TORCH_CHECK(t.numel() == length, name, " must hold ", length, " values, got ", t.numel());
 }
 
 // A bias of `length` values in the output's dtype, read in 16-byte vectors.
 inline void check_bias_operand(const at::Tensor& t, at::ScalarType dtype, const at::Device& device,
                                int64_t length) {
-  check_on_device(t, "bias", dtype, device);
-  TORCH_CHECK(t.numel() == length, "bias must hold ", length, " values, got ", t.numel());
+  check_vector_operand(t, "bias", device, length, dtype);
   TORCH_CHECK(is_tma_aligned(t), "bias must be ", kTmaAlignmentBytes, "-byte aligned");
 }
 

@@ -284,12 +284,6 @@ __global__ void finish_split_k_kernel(const float* __restrict__ partials, int64_
   }
 }
 
-int multiprocessor_count(c10::DeviceIndex device) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
 struct Shape {
   int64_t rows, n_dim, k_dim;
   int sms;
@@ -405,7 +399,7 @@ at::Tensor int8_weight_linear_cuda_kernel(const at::Tensor& x2d, const at::Tenso
                                           const at::Tensor& weight_absmax,
                                           const at::Tensor& bias, at::Tensor out) {
   const Shape shape{x2d.size(0), weight_int8.size(0), x2d.size(1),
-                    multiprocessor_count(x2d.device().index())};
+                    device_facts(x2d.device().index()).multiprocessors};
   const auto stream = c10::cuda::getCurrentCUDAStream(x2d.device().index()).stream();
   if (x2d.scalar_type() == at::kHalf) {
     launch_for(problem_for<at::Half>(x2d, weight_int8, weight_absmax, bias, out), shape,

@@ -142,7 +142,7 @@ int rows_tile_for(const WeightGemmOperands& op, const at::Device& device) {
   int tile = op.rows <= 32 ? 32 : op.rows <= 64 ? 64 : 128;
   if (op.k > kShortK) return tile;
   const int64_t weight_tiles = (op.n + kWeightRowsTile - 1) / kWeightRowsTile;
-  const int64_t sms = sm90::device_attribute(cudaDevAttrMultiProcessorCount, device.index());
+  const int64_t sms = device_facts(device.index()).multiprocessors;
   while (tile > kNarrowestRowsTile && weight_tiles * ((op.rows + tile - 1) / tile) < sms) tile /= 2;
   return tile;
 }

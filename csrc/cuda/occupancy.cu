@@ -1,4 +1,4 @@
-// One full wave of a kernel's blocks, cached per kernel and device (see occupancy.h).
+// Device facts and one full wave of a kernel's blocks, cached per device and kernel (occupancy.h).
 #include "occupancy.h"
 
 #include <c10/cuda/CUDAException.h>
@@ -11,6 +11,18 @@
 
 namespace llmint8 {
 
+const DeviceFacts& device_facts(int device) {
+  static std::mutex mutex;
+  static std::map<int, DeviceFacts> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto hit = cache.find(device); hit != cache.end()) return hit->second;
+  DeviceFacts facts;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&facts.multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&facts.major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&facts.minor, cudaDevAttrComputeCapabilityMinor, device));
+  return cache[device] = facts;
+}
+
 int64_t resident_blocks(const void* kernel, int threads) {
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -19,10 +31,9 @@ int64_t resident_blocks(const void* kernel, int threads) {
   const std::lock_guard<std::mutex> lock(mutex);
   const auto key = std::make_pair(kernel, device);
   if (const auto hit = cache.find(key); hit != cache.end()) return hit->second;
-  int sms = 0, blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int blocks_per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, 0));
-  return cache[key] = int64_t(sms) * std::max(blocks_per_sm, 1);
+  return cache[key] = int64_t(device_facts(device).multiprocessors) * std::max(blocks_per_sm, 1);
 }
 
 }  // namespace llmint8

@@ -1,9 +1,20 @@
-// How many blocks of a kernel the current GPU runs at once: the size of one full wave.
+// What launches ask of a GPU (SM count, compute capability, one full wave of a kernel), each
+// answer read from the driver once and kept.
 #pragma once
 
 #include <cstdint>
 
 namespace llmint8 {
+
+// The properties the kernels' launch rules use. The driver query costs host time on every call
+// otherwise (several times per layer call on the Hopper paths).
+struct DeviceFacts {
+  int multiprocessors = 0;
+  int major = 0, minor = 0;  // compute capability
+};
+
+// Facts of CUDA device `device`, queried on first use and cached.
+const DeviceFacts& device_facts(int device);
 
 // Blocks of `kernel` (at `threads` per block) resident on the current device at once, at least
 // one per SM. The occupancy query costs host time, more than a small launch, so each answer is
