@@ -151,6 +151,9 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
 using Fragments = uint4[kTiles][kLaneRuns];
 
 // One warp step of weights, straight from global memory; rows past N and runs past K read as zeros.
+// Streaming loads (ld.global.cs, evict-first in L1 and L2): each weight byte is read once per
+// call, so its lines are the ones L2 should give up first, not the activations, the KV cache or
+// dirty lines of earlier kernels, whose eviction would cost a write-back inside this kernel.
 // The mma sums over its 16 k values in any order, so each lane may own *contiguous* k as long
 // as A and B use the same assignment. Lane (group g, thread t) owns kLaneRuns runs of 16
 // contiguous k at t*kLaneBytes + c*16 of weight row tile*8 + g: a warp reads kStepK contiguous
@@ -167,7 +170,7 @@ __device__ __forceinline__ void load_weights(const int8_t* w_rows, int64_t n_row
       const int k_offset = lane_thread() * kLaneBytes + c * kRunBytes;
       // K % 16 == 0, so each run of 16 lies wholly inside or wholly past the end of K.
       const bool valid = row < n_rows_left && k + k_offset < k_dim;
-      w[tile][c] = valid ? __ldg(reinterpret_cast<const uint4*>(w_rows + row * k_dim + k + k_offset))
+      w[tile][c] = valid ? __ldcs(reinterpret_cast<const uint4*>(w_rows + row * k_dim + k + k_offset))
                          : make_uint4(0, 0, 0, 0);
     }
   }
