@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -53,18 +54,47 @@ def save_results(name: str, rows: list[dict], out_dir: Path) -> Path:
     return path
 
 
-def graph_median_ms(fn) -> float:
-    """Median time of fn replayed from a captured CUDA graph: GPU time without launch overhead."""
+def captured(fn) -> torch.cuda.CUDAGraph:
+    """fn captured in a CUDA graph, after warm-up outside it (plan caches and allocator pools)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(3):
-            fn()  # warm-up outside the graph: plan caches and allocator pools
+            fn()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return median_ms(graph.replay)
+    return graph
+
+
+def graph_median_ms(fn) -> float:
+    """Median time of fn replayed from a captured CUDA graph: GPU time without launch overhead."""
+    return median_ms(captured(fn).replay)
+
+
+def clean_l2_graph_median_ms(fn, repeats: int = 200) -> float:
+    """graph_median_ms with L2 flushed by reading 256 MB instead of do_bench's writing it. do_bench
+    leaves L2 full of dirty lines, whose write-back lands inside the timed call and costs a
+    weight-streaming kernel ~10 µs on an H100; a read flush leaves clean lines, as a decode step's
+    earlier weight reads do."""
+    graph = captured(fn)
+    buffer = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda").fill_(1)
+    total = torch.empty((), dtype=torch.int64, device="cuda")
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    def flush():
+        torch.sum(buffer, dim=0, out=total)
+
+    for _ in range(10):
+        flush()
+        graph.replay()
+    for start, end in events:
+        flush()
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 def plot_speed_ratios(rows: list[dict], path: Path, ratio, title: str) -> None:

@@ -474,12 +474,16 @@ def test_fused_int8_linear_equals_the_composed_five_ops(shape, threshold, capaci
     x = random_activations(shape, dtype, device, outlier_cols=[c for c in (0, k // 2, k - 1) if c < k])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(33, k, device=device))
     bias = torch.randn(33, device=device).to(dtype) if with_bias else None
+    assert_fused_equals_composed(x, w_int8, w_absmax, bias, threshold, capacity)
+
+
+def assert_fused_equals_composed(x, w_int8, w_absmax, bias, threshold, capacity):
     fused = ops.int8_linear(x, w_int8, w_absmax, bias, threshold, capacity)
     composed = ops.int8_linear_composed(x, w_int8, w_absmax, bias, threshold, capacity)
-    assert fused.dtype == dtype and fused.shape == (*shape[:-1], 33)
+    assert fused.dtype == x.dtype and fused.shape == (*x.shape[:-1], w_int8.shape[0])
     # Same int8 values and int32 sums; only where the outlier product is rounded differs.
     scale = composed.abs().max().item() if composed.numel() else 1.0
-    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[x.dtype]
     torch.testing.assert_close(fused.double(), composed.double(), rtol=tolerance, atol=tolerance * scale)
 
 
@@ -496,12 +500,20 @@ def test_fused_int8_linear_on_tensor_core_friendly_shapes(shape, n, threshold, c
     # Per-channel scales that differ by channel, so a transposed broadcast would show.
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device) * torch.rand(n, 1, device=device))
     bias = torch.randn(n, device=device).to(dtype) if with_bias else None
-    fused = ops.int8_linear(x, w_int8, w_absmax, bias, threshold, capacity)
-    composed = ops.int8_linear_composed(x, w_int8, w_absmax, bias, threshold, capacity)
-    assert fused.dtype == dtype and fused.shape == (*shape[:-1], n)
-    scale = composed.abs().max().item()
-    tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
-    torch.testing.assert_close(fused.double(), composed.double(), rtol=tolerance, atol=tolerance * scale)
+    assert_fused_equals_composed(x, w_int8, w_absmax, bias, threshold, capacity)
+
+
+# More outlier columns than the usual handful (12), with room for all of them, for most, and for
+# fewer than half, across the Hopper GEMM's row buckets.
+@pytest.mark.parametrize("shape,n", [((100, 256), 136), ((300, 512), 264), ((1100, 128), 72)])
+@pytest.mark.parametrize("capacity", [64, 10, 5])
+def test_fused_int8_linear_with_a_dozen_outlier_columns(shape, n, capacity, dtype, device):
+    k = shape[-1]
+    x = random_activations(shape, dtype, device, outlier_cols=list(range(1, k, k // 12))[:12])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device) * torch.rand(n, 1, device=device))
+    bias = torch.randn(n, device=device).to(dtype)
+    assert ops.outlier_split(x, THRESHOLD, 64)[1].item() == 12
+    assert_fused_equals_composed(x, w_int8, w_absmax, bias, THRESHOLD, capacity)
 
 
 def test_fused_int8_linear_opcheck_and_bad_input(device):
