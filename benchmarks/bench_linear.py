@@ -15,8 +15,8 @@ import torch
 import llmint8
 from llmint8 import Linear8bitLt
 
-from common import (LAYERS, TOKENS, activations_with_outliers, clean_l2_graph_median_ms, graph_median_ms, median_ms,
-                    plot_speed_ratios, save_results)
+from common import (LAYERS, TOKENS, activations_with_outliers, clean_l2_graph_median_ms, graph_median_ms,
+                    layer_label, median_ms, plot_speed_ratios, save_results)
 
 try:  # bitsandbytes is optional: absent, its columns are skipped
     import bitsandbytes as bnb
@@ -90,14 +90,14 @@ def print_table(rows: list[dict], mode: str) -> None:
         cells = "".join(
             f"{base / r[f'{n} {mode}_ms']:>17.2f}x" if f"{n} {mode}_ms" in r and r[f"{n} {mode}_ms"] == r[f"{n} {mode}_ms"] else f"{'-':>18}"
             for n in names[1:])
-        print(f"{r['dtype']:<9}{str(r['K']) + '->' + str(r['N']):>13}{r['M']:>6}{base * 1e3:>11.1f}{cells}")
+        print(f"{r['dtype']:<9}{layer_label(r):>13}{r['M']:>6}{base * 1e3:>11.1f}{cells}")
 
 
 def print_errors(rows: list[dict]) -> None:
     print("\nrelative error against float64")
     for r in rows:
         errs = "  ".join(f"{k[:-8]}: {v:.2e}" for k, v in r.items() if k.endswith(" rel_err"))
-        print(f"{r['dtype']:<9}{str(r['K']) + '->' + str(r['N']):>13}{r['M']:>6}  {errs}")
+        print(f"{r['dtype']:<9}{layer_label(r):>13}{r['M']:>6}  {errs}")
 
 
 def weight_bytes_fit(rows: list[dict], name: str, bytes_per_weight: int) -> tuple[float, float]:
@@ -127,7 +127,7 @@ def print_bandwidth_fit(rows: list[dict]) -> None:
         for r in ones:
             int8_us = r["K"] * r["N"] / 1e6 / bandwidth16
             bound = (fixed16 + 2 * int8_us) / (fixed16 + int8_us)
-            print(f"{'':<9}{str(r['K']) + '->' + str(r['N']):>13}  at F.linear's fixed cost and bandwidth: "
+            print(f"{'':<9}{layer_label(r):>13}  at F.linear's fixed cost and bandwidth: "
                   f"{bound:.2f}x, measured {r['linear graph_ms'] / r['llmint8 t6 graph_ms']:.2f}x")
 
 
@@ -137,7 +137,7 @@ def print_clean_l2(rows: list[dict]) -> None:
     for r in rows:
         if "linear clean_l2_graph_ms" in r:
             base, ours = r["linear clean_l2_graph_ms"], r["llmint8 t6 clean_l2_graph_ms"]
-            print(f"{r['dtype']:<9}{str(r['K']) + '->' + str(r['N']):>13}{r['M']:>6}{base * 1e3:>9.1f}{ours * 1e3:>9.1f}"
+            print(f"{r['dtype']:<9}{layer_label(r):>13}{r['M']:>6}{base * 1e3:>9.1f}{ours * 1e3:>9.1f}"
                   f"{base / ours:>8.2f}x ({r['linear graph_ms'] / r['llmint8 t6 graph_ms']:.2f}x)")
 
 

@@ -13,7 +13,7 @@ import torch
 import llmint8
 from llmint8 import ops
 
-from common import LAYERS, TOKENS, activations_with_outliers, median_ms, plot_speed_ratios, save_results
+from common import LAYERS, TOKENS, activations_with_outliers, layer_label, median_ms, plot_speed_ratios, save_results
 
 THRESHOLD = 6.0
 
@@ -47,7 +47,7 @@ def print_table(rows: list[dict]) -> None:
     print(header)
     for r in rows:
         us = {key: r[key] * 1e3 for key in r if key.endswith("_ms")}
-        print(f"{r['dtype']:<9}{str(r['K']) + '->' + str(r['N']):>13}{r['M']:>6}"
+        print(f"{r['dtype']:<9}{layer_label(r):>13}{r['M']:>6}"
               f"{us['linear_ms']:>11.1f}{us['outlier_split_ms']:>8.1f}{us['quantize_rowwise_ms']:>8.1f}"
               f"{us['quantize_colwise_ms']:>9.1f}{us['int8_matmul_ms']:>9.1f}{us['dequant_outer_ms']:>9.1f}"
               f"{us['composed_t6_ms']:>9.1f}{r['linear_ms'] / r['composed_t6_ms']:>6.2f}x"

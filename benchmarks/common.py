@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 from pathlib import Path
 
 import torch
@@ -24,12 +23,15 @@ def median_ms(fn) -> float:
         return _median_ms_with_events(fn)
 
 
-def _median_ms_with_events(fn, repeats: int = 50) -> float:
+def _median_ms_with_events(fn, repeats: int = 50, before_each=lambda: None) -> float:
+    """Median CUDA-event time of fn; before_each runs untimed ahead of every call."""
     for _ in range(5):
+        before_each()
         fn()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        before_each()
         start.record()
         fn()
         end.record()
@@ -78,23 +80,15 @@ def clean_l2_graph_median_ms(fn, repeats: int = 200) -> float:
     leaves L2 full of dirty lines, whose write-back lands inside the timed call and costs a
     weight-streaming kernel ~10 µs on an H100; a read flush leaves clean lines, as a decode step's
     earlier weight reads do."""
-    graph = captured(fn)
-    buffer = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device="cuda").fill_(1)
+    buffer = torch.ones(256 * 2**20 // 4, dtype=torch.int32, device="cuda")
     total = torch.empty((), dtype=torch.int64, device="cuda")
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-    def flush():
-        torch.sum(buffer, dim=0, out=total)
+    return _median_ms_with_events(captured(fn).replay, repeats,
+                                  before_each=lambda: torch.sum(buffer, dim=0, out=total))
 
-    for _ in range(10):
-        flush()
-        graph.replay()
-    for start, end in events:
-        flush()
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+def layer_label(row: dict) -> str:
+    """A result row's layer as K->N."""
+    return f"{row['K']}->{row['N']}"
 
 
 def plot_speed_ratios(rows: list[dict], path: Path, ratio, title: str) -> None:
