@@ -516,6 +516,27 @@ def test_fused_int8_linear_with_a_dozen_outlier_columns(shape, n, capacity, dtyp
     assert_fused_equals_composed(x, w_int8, w_absmax, bias, THRESHOLD, capacity)
 
 
+# On CUDA the split runs in one launch that scans x in row chunks and, past a block's width of
+# vectors, column blocks: each outlier sits in a single row, spread over the chunks, in columns
+# spread over the blocks. Capacity 3 splits off the first three and leaves the fourth in int8.
+# 4500 x 2048 is past a third of an H100's L2, where separate kernels split x instead.
+@pytest.mark.parametrize("shape,n", [((3000, 64), 40), ((70, 8192), 24), ((33, 5003), 16), ((5, 40, 1000), 8),
+                                     ((4500, 2048), 8)])
+@pytest.mark.parametrize("capacity", [64, 3])
+def test_fused_int8_linear_finds_outliers_in_any_row_and_column_block(shape, n, capacity, dtype, device):
+    k = shape[-1]
+    x = torch.randn(shape, device=device).clamp(-5.0, 5.0)
+    rows = x.view(-1, k)
+    cols = [0, k // 3, k // 2 + 1, k - 1]
+    for i, col in enumerate(cols):
+        rows[(i + 1) * rows.shape[0] // len(cols) - 1, col] = 40.0 * (-1) ** i
+    x = x.to(dtype)
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device) * torch.rand(n, 1, device=device))
+    split_cols, count, _ = ops.outlier_split(x, THRESHOLD, capacity)
+    assert count.item() == len(cols) and split_cols[:min(capacity, len(cols))].tolist() == cols[:capacity]
+    assert_fused_equals_composed(x, w_int8, w_absmax, None, THRESHOLD, capacity)
+
+
 def test_fused_int8_linear_opcheck_and_bad_input(device):
     x = random_activations((5, 64), torch.float16, device, outlier_cols=[7])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(8, 64, device=device))

@@ -2,6 +2,7 @@
 // answer read from the driver once and kept.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace llmint8 {
@@ -11,14 +12,15 @@ namespace llmint8 {
 struct DeviceFacts {
   int multiprocessors = 0;
   int major = 0, minor = 0;  // compute capability
+  int64_t l2_bytes = 0;
 };
 
 // Facts of CUDA device `device`, queried on first use and cached.
 const DeviceFacts& device_facts(int device);
 
-// Blocks of `kernel` (at `threads` per block) resident on the current device at once, at least
-// one per SM. The occupancy query costs host time, more than a small launch, so each answer is
-// kept per kernel and device.
-int64_t resident_blocks(const void* kernel, int threads);
+// Blocks of `kernel` (at `threads` per block and `shared_bytes` of dynamic shared memory) resident
+// on the current device at once, at least one per SM. The occupancy query costs host time, more
+// than a small launch, so each answer is kept per kernel, device and launch shape.
+int64_t resident_blocks(const void* kernel, int threads, size_t shared_bytes = 0);
 
 }  // namespace llmint8

@@ -16,25 +16,21 @@
 #include "../core/llmint8_core.h"
 #include "../forward_rule.h"
 #include "../reference.h"
+#include "activation_vectors.cuh"
 #include "bias_vector.cuh"
 #include "int8_gemm_sm90.h"
 #include "int8_matmul_cublaslt.h"
 #include "int8_weight_linear.h"
 #include "int8_weight_linear_sm90.h"
 #include "occupancy.h"
+#include "split_and_quantize.h"
 
 namespace llmint8 {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarpSize = 32;
-constexpr int kBitsPerWord = 32;
 // The exclusion bitmask lives in shared memory, whose default per-block limit is 48 KiB.
 constexpr size_t kMaxExclusionMaskBytes = 48 * 1024 - 1024;
-// Activations move in 16-byte accesses, the widest a thread can issue.
-constexpr int kVectorBytes = 16;
-
-LLMINT8_HOST_DEVICE int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
 
 cudaStream_t current_stream(const at::Tensor& t) {
   return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
@@ -59,57 +55,12 @@ int64_t grid_stride_blocks(int64_t work) {
   return std::max<int64_t>(1, std::min<int64_t>(blocks_for(work, kThreads), 65535));
 }
 
-// kWidth consecutive elements moved as one memory access.
-template <typename T, int kWidth>
-struct alignas(sizeof(T) * kWidth) Packed {
-  T values[kWidth];
-};
-
-template <typename T>
-constexpr int kVectorWidth = kVectorBytes / sizeof(T);
-
-// Calls launch(std::integral_constant<int, width>) with the widest access x [*, cols] allows:
-// whole 16-byte vectors need every row to start 16-byte aligned, so cols a multiple of the
-// vector width and an aligned base (a contiguous slice may start anywhere); else one element.
-template <typename T, typename Launch>
-void with_access_width(const T* x, int64_t cols, Launch&& launch) {
-  const bool vectorizable = cols % kVectorWidth<T> == 0 && reinterpret_cast<uintptr_t>(x) % kVectorBytes == 0;
-  if (vectorizable) {
-    launch(std::integral_constant<int, kVectorWidth<T>>{});
-  } else {
-    launch(std::integral_constant<int, 1>{});
-  }
-}
-
 // Threads of a block side by side along a row (a power of two, so that the rest stack along the
 // rows): all of them for wide rows, just enough to cover narrow ones so that few threads idle.
 int column_lanes_for(int64_t width) {
   int lanes = 1;
   while (lanes < kThreads && lanes < width) lanes *= 2;
   return lanes;
-}
-
-// A 16-bit or fp32 element as fp32. bf16 widens by a shift of its bits: through c10's
-// conversion nvcc gave the bf16 quantize kernel (8 vectors per thread) 98 registers per thread
-// against fp16's 62, and it ran 1.8x slower (69 vs 39 us at 2048 x 14336 on an H100).
-template <typename T>
-__device__ __forceinline__ float widen(T v) {
-  return static_cast<float>(v);
-}
-template <>
-__device__ __forceinline__ float widen(c10::BFloat16 v) {
-  return __uint_as_float(uint32_t(v.x) << 16);
-}
-
-// Bit j set where element j of v is an outlier.
-template <typename T, int kWidth>
-__device__ __forceinline__ uint32_t outlier_bits(const Packed<T, kWidth>& v, float threshold) {
-  uint32_t bits = 0;
-#pragma unroll
-  for (int j = 0; j < kWidth; ++j) {
-    bits |= uint32_t(is_outlier_value(widen(v.values[j]), threshold)) << j;
-  }
-  return bits;
 }
 
 // Independent loads each thread issues before using any: enough bytes in flight to cover the
@@ -281,49 +232,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outlier_split_cuda(const at::Tens
     });
   }
   return {outliers.cols, outliers.count, x_outliers};
-}
-
-// Max over the block (blockDim.x a multiple of the warp size, at most 1024); valid in thread 0.
-// Inputs are >= 0 and never NaN, so 0 is a neutral fill and the order of the maxima is free.
-__device__ __forceinline__ float block_max(float value, float* warp_maxima) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
-  }
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  if (lane == 0) warp_maxima[warp] = value;
-  __syncthreads();
-  if (warp == 0) {
-    value = lane < blockDim.x / kWarpSize ? warp_maxima[lane] : 0.0f;
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-      value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
-    }
-  }
-  return value;
-}
-
-// Largest |element| of v among those whose bit in excluded is clear (NaN never wins, as in the
-// CPU loop).
-template <typename T, int kWidth>
-__device__ __forceinline__ float kept_absmax(const Packed<T, kWidth>& v, uint32_t excluded) {
-  float absmax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < kWidth; ++j) {
-    if (!((excluded >> j) & 1u)) absmax = fmaxf(absmax, fabsf(widen(v.values[j])));
-  }
-  return absmax;
-}
-
-template <typename T, int kWidth>
-__device__ __forceinline__ Packed<int8_t, kWidth> quantize_packed(const Packed<T, kWidth>& v,
-                                                                  uint32_t excluded, float step) {
-  Packed<int8_t, kWidth> q;
-#pragma unroll
-  for (int j = 0; j < kWidth; ++j) {
-    q.values[j] = (excluded >> j) & 1u ? int8_t{0} : quantize_value(widen(v.values[j]), step);
-  }
-  return q;
 }
 
 // A block keeps its row in registers between the absmax and the quantize pass, so that x is
@@ -611,36 +519,41 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
 }
 
 
-// The activation side of int8_linear: x quantized row-wise with its outlier columns split off.
-// Without a split (threshold 0 or capacity 0) the outlier tensors are undefined.
-struct QuantizedActivations {
-  at::Tensor x_int8;         // int8, x's shape
-  at::Tensor x_absmax;       // fp32 [*], per row over the columns not split off
-  at::Tensor outlier_cols;   // int32 [capacity], ascending, -1 padded
-  at::Tensor outlier_count;  // int32 [], may exceed capacity
-  at::Tensor x_outliers;     // x's dtype [*, capacity], zero in padded slots
+// The weight columns named by outlier_cols, dequantized as w_cols_t [capacity, N] of dtype.
+at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& weight_scale,
+                                 const at::Tensor& outlier_cols, at::ScalarType dtype);
 
-  bool has_outliers() const { return outlier_cols.defined(); }
-};
-
-// mark -> compact -> quantize: the gather of x_outliers rides along with the quantize pass, which
-// reads every row anyway.
-QuantizedActivations quantize_activations(const at::Tensor& x, double threshold, int64_t capacity) {
+// x's split and quantization into x_int8 (int8, x's shape), with the weight's outlier columns (in
+// w_cols_dtype) gathered for the GEMM side: one cooperative launch where it applies
+// (split_and_quantize.cu), else mark -> compact -> quantize (which gathers x_outliers while it
+// reads every row) -> weight gather.
+QuantizedActivations quantize_activations(const at::Tensor& x, double threshold, int64_t capacity,
+                                          const at::Tensor& weight, const at::Tensor& weight_scale,
+                                          at::ScalarType w_cols_dtype, at::Tensor x_int8) {
   const auto x_contig = x.contiguous();
   QuantizedActivations a;
-  a.x_int8 = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  a.x_int8 = std::move(x_int8);
   a.x_absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
-  if (threshold > 0.0 && capacity > 0) {
-    auto outliers = find_outlier_columns(x_contig, threshold, capacity);
-    a.outlier_cols = std::move(outliers.cols);
-    a.outlier_count = std::move(outliers.count);
-    a.x_outliers = at::empty(with_last_dim(x, capacity), x.options());
+  if (!(threshold > 0.0 && capacity > 0)) {
+    launch_quantize_rows(x_contig, a.outlier_cols, a.x_int8, a.x_absmax, a.x_outliers);
+    return a;
   }
+  a.x_outliers = at::empty(with_last_dim(x, capacity), x.options());
+  if (split_and_quantize_applies(x_contig, capacity)) {
+    a.outlier_cols = at::empty({capacity}, x.options().dtype(at::kInt));
+    a.outlier_count = at::empty({}, x.options().dtype(at::kInt));
+    a.w_cols_t = at::empty({capacity, weight.size(0)}, weight_scale.options().dtype(w_cols_dtype));
+    split_and_quantize(x_contig, threshold, weight, weight_scale, a);
+    return a;
+  }
+  auto outliers = find_outlier_columns(x_contig, threshold, capacity);
+  a.outlier_cols = std::move(outliers.cols);
+  a.outlier_count = std::move(outliers.count);
   launch_quantize_rows(x_contig, a.outlier_cols, a.x_int8, a.x_absmax, a.x_outliers);
+  a.w_cols_t = gather_weight_columns(weight, weight_scale, a.outlier_cols, w_cols_dtype);
   return a;
 }
 
-// w_cols_t [capacity, N] of dtype: the weight columns named by outlier_cols, dequantized.
 at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& weight_scale,
                                  const at::Tensor& outlier_cols, at::ScalarType dtype) {
   const int64_t n_dim = weight.size(0), k_dim = weight.size(1), capacity = outlier_cols.numel();
@@ -662,9 +575,6 @@ void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& we
                              const at::Tensor& weight_scale, const at::Tensor& bias, at::Tensor& out) {
   const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
   const auto acc = int8_matmul_cuda(a.x_int8, weight_int8);
-  const auto w_cols_t = a.has_outliers()
-                            ? gather_weight_columns(weight_int8, weight_scale, a.outlier_cols, at::kFloat)
-                            : at::Tensor();
   const int64_t capacity = a.has_outliers() ? a.outlier_cols.numel() : 0;
   const dim3 grid(blocks_for(n_dim, kThreads), std::min<int64_t>(blocks_for(rows, kEpilogueRows), 65535));
   LLMINT8_DISPATCH_FLOAT_TYPES(out.scalar_type(), "int8_linear", [&] {
@@ -672,7 +582,7 @@ void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& we
         acc.const_data_ptr<int32_t>(), rows, n_dim, a.x_absmax.const_data_ptr<float>(),
         weight_scale.const_data_ptr<float>(), BiasVector::of(bias),
         a.has_outliers() ? a.x_outliers.const_data_ptr<scalar_t>() : nullptr,
-        a.has_outliers() ? w_cols_t.const_data_ptr<float>() : nullptr,
+        a.has_outliers() ? a.w_cols_t.const_data_ptr<float>() : nullptr,
         a.has_outliers() ? a.outlier_count.const_data_ptr<int32_t>() : nullptr, capacity,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -688,10 +598,7 @@ void int8_gemm_with_outliers_sm90(const QuantizedActivations& a, const at::Tenso
   const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
   auto out2d = out.view({rows, n_dim});
   at::Tensor addend;
-  if (a.has_outliers()) {
-    const auto w_cols_t = gather_weight_columns(weight_int8, weight_scale, a.outlier_cols, out.scalar_type());
-    addend = at::mm(a.x_outliers.view({rows, -1}), w_cols_t);
-  }
+  if (a.has_outliers()) addend = at::mm(a.x_outliers.view({rows, -1}), a.w_cols_t);
   int8_scaled_gemm_sm90(a.x_int8.view({rows, -1}), weight_int8, a.x_absmax.view({rows}), weight_scale,
                         bias, addend, out2d);
 }
@@ -704,11 +611,15 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty(with_last_dim(x, weight_int8.size(0)), x.options());
   if (out.numel() == 0) return out;
-  const auto activations = quantize_activations(x, threshold, capacity);
   const auto weight = weight_int8.contiguous();
   const auto weight_scale = weight_absmax.contiguous();
-  const auto x_int8_2d = activations.x_int8.view({leading_rows(x), x.size(-1)});
-  if (int8_scaled_gemm_sm90_applies(x_int8_2d, weight, out.scalar_type())) {
+  auto x_int8 = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  // The Hopper epilogue adds the outlier product in the output's dtype, our own kernel in fp32.
+  const bool fused_epilogue = int8_scaled_gemm_sm90_applies(x_int8.view({leading_rows(x), x.size(-1)}), weight,
+                                                            out.scalar_type());
+  const auto activations = quantize_activations(x, threshold, capacity, weight, weight_scale,
+                                                fused_epilogue ? out.scalar_type() : at::kFloat, std::move(x_int8));
+  if (fused_epilogue) {
     const auto bias_out = epilogue_bias(bias, out.scalar_type());
     int8_gemm_with_outliers_sm90(activations, weight, weight_scale, bias_out, out);
   } else {
