@@ -96,6 +96,38 @@ __device__ __forceinline__ float kept_absmax(const Packed<T, kWidth>& v, uint32_
   return absmax;
 }
 
+// Independent loads each thread issues before using any: enough bytes in flight to cover the
+// memory latency at full occupancy.
+constexpr int kRowsInFlight = 4;
+
+// The outlier bits of one column group of x (viewed as [rows, groups] vectors; `column` is the
+// group's vector in row 0) over rows [first_row, end_row), this thread taking every row_lanes-th
+// from first_row + row_lane. Threshold > 0: rows past the end load as zero, never an outlier.
+template <typename T, int kWidth>
+__device__ __forceinline__ uint32_t column_outlier_bits(const Packed<T, kWidth>* column, int64_t groups,
+                                                        int64_t first_row, int64_t end_row, int row_lane,
+                                                        int row_lanes, float threshold) {
+  uint32_t found = 0;
+  for (int64_t row = first_row + row_lane; row < end_row; row += kRowsInFlight * row_lanes) {
+    Packed<T, kWidth> loaded[kRowsInFlight] = {};
+#pragma unroll
+    for (int i = 0; i < kRowsInFlight; ++i) {
+      const int64_t r = row + i * row_lanes;
+      if (r < end_row) loaded[i] = column[r * groups];
+    }
+#pragma unroll
+    for (int i = 0; i < kRowsInFlight; ++i) found |= outlier_bits(loaded[i], threshold);
+  }
+  return found;
+}
+
+// Bit j: whether column v * kWidth + j is set in a column bitmask (bit c % 32 of word c / 32).
+template <int kWidth>
+__device__ __forceinline__ uint32_t vector_bits(const uint32_t* mask, int64_t v) {
+  const int64_t col = v * kWidth;
+  return (mask[col / kBitsPerWord] >> (col % kBitsPerWord)) & ((1u << kWidth) - 1u);
+}
+
 template <typename T, int kWidth>
 __device__ __forceinline__ Packed<int8_t, kWidth> quantize_packed(const Packed<T, kWidth>& v,
                                                                   uint32_t excluded, float step) {
@@ -106,5 +138,60 @@ __device__ __forceinline__ Packed<int8_t, kWidth> quantize_packed(const Packed<T
   }
   return q;
 }
+
+// One row of x as kWidth-element vectors, walked by `threads` threads of which this one is `lane`:
+// the first kCached * threads vectors stay in registers between the absmax pass and the quantize
+// pass, so that x is read from memory once; longer rows re-read the rest, mostly from L1/L2.
+// excluded(v) gives vector v's bits of columns left out of both passes.
+template <typename T, int kWidth, int kCached>
+struct CachedRow {
+  using Vector = Packed<T, kWidth>;
+  const Vector* vectors;
+  int64_t count;
+  int lane, threads;
+  Vector cached[kCached];
+
+  __device__ __forceinline__ CachedRow(const T* row, int64_t cols, int lane, int threads)
+      : vectors(reinterpret_cast<const Vector*>(row)), count(cols / kWidth), lane(lane), threads(threads) {}
+
+  __device__ __forceinline__ int64_t cached_index(int i) const { return lane + int64_t(i) * threads; }
+  __device__ __forceinline__ int64_t first_uncached() const { return int64_t(kCached) * threads + lane; }
+
+  __device__ __forceinline__ void load() {
+#pragma unroll
+    for (int i = 0; i < kCached; ++i) {
+      if (cached_index(i) < count) cached[i] = vectors[cached_index(i)];
+    }
+  }
+
+  // This thread's share of the largest |kept element|.
+  template <typename Excluded>
+  __device__ __forceinline__ float kept_absmax_part(Excluded excluded) const {
+    float absmax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kCached; ++i) {
+      if (cached_index(i) < count) absmax = fmaxf(absmax, kept_absmax(cached[i], excluded(cached_index(i))));
+    }
+    for (int64_t v = first_uncached(); v < count; v += threads) {
+      const Vector loaded = vectors[v];  // a copy, so that it is one wide load, not kWidth narrow ones
+      absmax = fmaxf(absmax, kept_absmax(loaded, excluded(v)));
+    }
+    return absmax;
+  }
+
+  // This thread's share of the row quantized into q (the row's first int8 value).
+  template <typename Excluded>
+  __device__ __forceinline__ void store_quantized(Excluded excluded, float step, int8_t* q) const {
+    auto* q_vectors = reinterpret_cast<Packed<int8_t, kWidth>*>(q);
+#pragma unroll
+    for (int i = 0; i < kCached; ++i) {
+      if (cached_index(i) < count) q_vectors[cached_index(i)] = quantize_packed(cached[i], excluded(cached_index(i)), step);
+    }
+    for (int64_t v = first_uncached(); v < count; v += threads) {
+      const Vector loaded = vectors[v];
+      q_vectors[v] = quantize_packed(loaded, excluded(v), step);
+    }
+  }
+};
 
 }  // namespace llmint8

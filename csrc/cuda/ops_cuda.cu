@@ -63,10 +63,6 @@ int column_lanes_for(int64_t width) {
   return lanes;
 }
 
-// Independent loads each thread issues before using any: enough bytes in flight to cover the
-// memory latency at full occupancy.
-constexpr int kRowsInFlight = 4;
-
 // Each thread owns one group of kWidth consecutive columns (x viewed as [rows, groups] vectors)
 // and walks its block's chunk of rows, together with the other threads stacked on the same
 // columns. The block ORs their findings in shared memory and writes each flag once, only where
@@ -86,20 +82,9 @@ mark_outlier_columns_kernel(const T* __restrict__ x, int64_t rows, int64_t group
 
   uint32_t found = 0;
   if (active) {
-    const auto* column = reinterpret_cast<const Packed<T, kWidth>*>(x) + group;
     const int64_t first_row = blockIdx.y * rows_per_block;
-    const int64_t end_row = min(rows, first_row + rows_per_block);
-    for (int64_t row = first_row + row_lane; row < end_row; row += kRowsInFlight * row_lanes) {
-      // Rows past the chunk stay zero, which is never an outlier (the threshold is > 0 here).
-      Packed<T, kWidth> loaded[kRowsInFlight] = {};
-#pragma unroll
-      for (int i = 0; i < kRowsInFlight; ++i) {
-        const int64_t r = row + i * row_lanes;
-        if (r < end_row) loaded[i] = column[r * groups];
-      }
-#pragma unroll
-      for (int i = 0; i < kRowsInFlight; ++i) found |= outlier_bits(loaded[i], threshold);
-    }
+    found = column_outlier_bits(reinterpret_cast<const Packed<T, kWidth>*>(x) + group, groups, first_row,
+                                min(rows, first_row + rows_per_block), row_lane, row_lanes, threshold);
   }
   if (found) atomicOr(&found_in_block[column_lane], found);
   __syncthreads();
@@ -262,21 +247,13 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t cols, const int32_t* __res
   __shared__ float warp_maxima[kMaxCachedVectorsPerBlock / kCachedVectors / kWarpSize];
   __shared__ float step;
 
-  using Vector = Packed<T, kWidth>;
   const int64_t row = blockIdx.x;
   const T* x_row = x + row * cols;
-  const auto* vectors = reinterpret_cast<const Vector*>(x_row);
-  const int64_t vector_count = cols / kWidth;
-  auto cached_index = [&](int i) { return threadIdx.x + int64_t(i) * blockDim.x; };
-  const int64_t first_uncached = int64_t(kCachedVectors) * blockDim.x;
+  CachedRow<T, kWidth, kCachedVectors> cached_row(x_row, cols, threadIdx.x, blockDim.x);
 
   // The row's loads go out before the mask is built, so that their latency and that of reading
   // excluded_cols overlap.
-  Vector cached[kCachedVectors];
-#pragma unroll
-  for (int i = 0; i < kCachedVectors; ++i) {
-    if (cached_index(i) < vector_count) cached[i] = vectors[cached_index(i)];
-  }
+  cached_row.load();
 
   const int64_t words = excluded_cols ? blocks_for(cols, kBitsPerWord) : 0;
   for (int64_t w = threadIdx.x; w < words; w += blockDim.x) excluded_bits[w] = 0;
@@ -286,23 +263,9 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t cols, const int32_t* __res
     if (col >= 0 && col < cols) atomicOr(&excluded_bits[col / kBitsPerWord], 1u << (col % kBitsPerWord));
   }
   __syncthreads();
-  // Bit j: whether column v * kWidth + j is excluded.
-  auto excluded = [&](int64_t v) -> uint32_t {
-    if (words == 0) return 0u;
-    const int64_t col = v * kWidth;
-    return (excluded_bits[col / kBitsPerWord] >> (col % kBitsPerWord)) & ((1u << kWidth) - 1u);
-  };
+  auto excluded = [&](int64_t v) -> uint32_t { return words == 0 ? 0u : vector_bits<kWidth>(excluded_bits, v); };
 
-  float absmax = 0.0f;
-#pragma unroll
-  for (int i = 0; i < kCachedVectors; ++i) {
-    const int64_t v = cached_index(i);
-    if (v < vector_count) absmax = fmaxf(absmax, kept_absmax(cached[i], excluded(v)));
-  }
-  for (int64_t v = first_uncached + threadIdx.x; v < vector_count; v += blockDim.x) {
-    const Vector loaded = vectors[v];  // a copy, so that it is one wide load, not kWidth narrow ones
-    absmax = fmaxf(absmax, kept_absmax(loaded, excluded(v)));
-  }
+  float absmax = cached_row.kept_absmax_part(excluded);
 
   if (x_outliers) {
     for (int64_t slot = threadIdx.x; slot < excluded_count; slot += blockDim.x) {
@@ -317,17 +280,7 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t cols, const int32_t* __res
     step = inverse_step(absmax);
   }
   __syncthreads();
-  const float row_step = step;
-  auto* q_vectors = reinterpret_cast<Packed<int8_t, kWidth>*>(q + row * cols);
-#pragma unroll
-  for (int i = 0; i < kCachedVectors; ++i) {
-    const int64_t v = cached_index(i);
-    if (v < vector_count) q_vectors[v] = quantize_packed(cached[i], excluded(v), row_step);
-  }
-  for (int64_t v = first_uncached + threadIdx.x; v < vector_count; v += blockDim.x) {
-    const Vector loaded = vectors[v];
-    q_vectors[v] = quantize_packed(loaded, excluded(v), row_step);
-  }
+  cached_row.store_quantized(excluded, step, q + row * cols);
 }
 
 // Rows of up to this many vectors get 4 per thread, longer ones 8. Measured on an H100: 4 per
@@ -521,7 +474,18 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
 
 // The weight columns named by outlier_cols, dequantized as w_cols_t [capacity, N] of dtype.
 at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& weight_scale,
-                                 const at::Tensor& outlier_cols, at::ScalarType dtype);
+                                 const at::Tensor& outlier_cols, at::ScalarType dtype) {
+  const int64_t n_dim = weight.size(0), k_dim = weight.size(1), capacity = outlier_cols.numel();
+  auto w_cols_t = at::empty({capacity, n_dim}, weight_scale.options().dtype(dtype));
+  if (w_cols_t.numel() == 0) return w_cols_t;
+  LLMINT8_DISPATCH_FLOAT_TYPES(dtype, "gather_weight_columns", [&] {
+    gather_weight_columns_kernel<<<grid_stride_blocks(capacity * n_dim), kThreads, 0, current_stream(weight)>>>(
+        weight.const_data_ptr<int8_t>(), n_dim, k_dim, weight_scale.const_data_ptr<float>(),
+        outlier_cols.const_data_ptr<int32_t>(), capacity, w_cols_t.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return w_cols_t;
+}
 
 // x's split and quantization into x_int8 (int8, x's shape), with the weight's outlier columns (in
 // w_cols_dtype) gathered for the GEMM side: one cooperative launch where it applies
@@ -554,19 +518,6 @@ QuantizedActivations quantize_activations(const at::Tensor& x, double threshold,
   return a;
 }
 
-at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& weight_scale,
-                                 const at::Tensor& outlier_cols, at::ScalarType dtype) {
-  const int64_t n_dim = weight.size(0), k_dim = weight.size(1), capacity = outlier_cols.numel();
-  auto w_cols_t = at::empty({capacity, n_dim}, weight_scale.options().dtype(dtype));
-  if (w_cols_t.numel() == 0) return w_cols_t;
-  LLMINT8_DISPATCH_FLOAT_TYPES(dtype, "gather_weight_columns", [&] {
-    gather_weight_columns_kernel<<<grid_stride_blocks(capacity * n_dim), kThreads, 0, current_stream(weight)>>>(
-        weight.const_data_ptr<int8_t>(), n_dim, k_dim, weight_scale.const_data_ptr<float>(),
-        outlier_cols.const_data_ptr<int32_t>(), capacity, w_cols_t.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return w_cols_t;
-}
 
 // The GEMM side of int8_linear, the step another int8 GEMM can replace: out [*, N] =
 // dequant(a.x_int8 @ weight_int8^T) + bias + a.x_outliers @ (weight's outlier columns)^T.

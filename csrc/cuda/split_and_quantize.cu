@@ -14,6 +14,7 @@
 
 #include <algorithm>
 
+#include "../checks.h"
 #include "../dispatch.h"
 #include "activation_vectors.cuh"
 #include "occupancy.h"
@@ -27,8 +28,6 @@ constexpr int kSplitWarps = kSplitThreads / kWarpSize;
 // are capped: 16 KiB of reads per block, one batch of kPartialLoadsInFlight loads per thread.
 constexpr int kPartialLoadsInFlight = 8;
 constexpr int64_t kMaxPartialWords = int64_t(kSplitThreads) * kPartialLoadsInFlight;
-// Independent loads per thread in the column scan, enough bytes in flight to cover memory latency.
-constexpr int kScanRowsInFlight = 4;
 // Vectors of a row each thread of a team holds in registers between the absmax and the quantize
 // pass; a team has as many threads (a power-of-two number of warps) as that needs. Eight let two
 // 14336-wide 16-bit rows be in flight per block where four allowed one.
@@ -75,18 +74,9 @@ __device__ void scan_column_chunks(const T* __restrict__ x, const SplitShape& s,
     __syncthreads();
     uint32_t found = 0;
     if (group < groups) {
-      const int64_t end_row = min(s.rows, (chunk + 1) * s.rows_per_chunk);
-      for (int64_t row = chunk * s.rows_per_chunk + row_lane; row < end_row;
-           row += kScanRowsInFlight * row_lanes) {
-        Packed<T, kWidth> loaded[kScanRowsInFlight] = {};  // zero is never an outlier (threshold > 0)
-#pragma unroll
-        for (int i = 0; i < kScanRowsInFlight; ++i) {
-          const int64_t r = row + i * row_lanes;
-          if (r < end_row) loaded[i] = vectors[r * groups + group];
-        }
-#pragma unroll
-        for (int i = 0; i < kScanRowsInFlight; ++i) found |= outlier_bits(loaded[i], s.threshold);
-      }
+      const int64_t first_row = chunk * s.rows_per_chunk;
+      found = column_outlier_bits(vectors + group, groups, first_row, min(s.rows, first_row + s.rows_per_chunk),
+                                  row_lane, row_lanes, s.threshold);
     }
     if (found) atomicOr(&found_in_block[column_lane], found);
     __syncthreads();
@@ -208,52 +198,22 @@ __device__ void quantize_rows_in_teams(const T* __restrict__ x, const SplitShape
                                        const uint32_t* split_bits, const int32_t* slot_cols,
                                        int8_t* __restrict__ q, float* __restrict__ row_absmax,
                                        T* __restrict__ x_outliers, float (*team_maxima)[kSplitWarps]) {
-  using Vector = Packed<T, kWidth>;
   const int team_threads = s.team_warps * kWarpSize, teams = kSplitWarps / s.team_warps;
   const int team = threadIdx.x / team_threads, lane = threadIdx.x % team_threads;
-  const int64_t vector_count = s.cols / kWidth;
-  auto excluded = [&](int64_t v) -> uint32_t {
-    const int64_t col = v * kWidth;
-    return (split_bits[col / kBitsPerWord] >> (col % kBitsPerWord)) & ((1u << kWidth) - 1u);
-  };
+  auto excluded = [&](int64_t v) { return vector_bits<kWidth>(split_bits, v); };
   int parity = 0;
   for (int64_t row = blockIdx.x * int64_t(teams) + team; row < s.rows; row += int64_t(gridDim.x) * teams) {
     const T* x_row = x + row * s.cols;
-    const auto* vectors = reinterpret_cast<const Vector*>(x_row);
-    Vector cached[kTeamCachedVectors];
-#pragma unroll
-    for (int i = 0; i < kTeamCachedVectors; ++i) {
-      const int64_t v = lane + int64_t(i) * team_threads;
-      if (v < vector_count) cached[i] = vectors[v];
-    }
-    float absmax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kTeamCachedVectors; ++i) {
-      const int64_t v = lane + int64_t(i) * team_threads;
-      if (v < vector_count) absmax = fmaxf(absmax, kept_absmax(cached[i], excluded(v)));
-    }
-    const int64_t first_uncached = int64_t(kTeamCachedVectors) * team_threads;
-    for (int64_t v = first_uncached + lane; v < vector_count; v += team_threads) {
-      const Vector loaded = vectors[v];
-      absmax = fmaxf(absmax, kept_absmax(loaded, excluded(v)));
-    }
+    CachedRow<T, kWidth, kTeamCachedVectors> cached_row(x_row, s.cols, lane, team_threads);
+    cached_row.load();
+    float absmax = cached_row.kept_absmax_part(excluded);
     for (int64_t slot = lane; slot < s.capacity; slot += team_threads) {
       x_outliers[row * s.capacity + slot] = slot < split ? x_row[slot_cols[slot]] : static_cast<T>(0.0f);
     }
     absmax = team_max(absmax, s.team_warps, team, parity, team_maxima);
     parity ^= 1;
     if (lane == 0) row_absmax[row] = absmax;
-    const float step = inverse_step(absmax);
-    auto* q_vectors = reinterpret_cast<Packed<int8_t, kWidth>*>(q + row * s.cols);
-#pragma unroll
-    for (int i = 0; i < kTeamCachedVectors; ++i) {
-      const int64_t v = lane + int64_t(i) * team_threads;
-      if (v < vector_count) q_vectors[v] = quantize_packed(cached[i], excluded(v), step);
-    }
-    for (int64_t v = first_uncached + lane; v < vector_count; v += team_threads) {
-      const Vector loaded = vectors[v];
-      q_vectors[v] = quantize_packed(loaded, excluded(v), step);
-    }
+    cached_row.store_quantized(excluded, inverse_step(absmax), q + row * s.cols);
   }
 }
 
@@ -298,7 +258,7 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
                                const at::Tensor& weight_scale, QuantizedActivations& a) {
   const auto kernel = split_and_quantize_kernel<T, kWidth, W>;
   SplitShape s{};
-  s.rows = x.numel() / x.size(-1);
+  s.rows = leading_rows(x);
   s.cols = x.size(-1);
   s.capacity = a.outlier_cols.numel();
   s.n_dim = weight.size(0);
