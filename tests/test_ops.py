@@ -503,16 +503,18 @@ def test_fused_int8_linear_on_tensor_core_friendly_shapes(shape, n, threshold, c
     assert_fused_equals_composed(x, w_int8, w_absmax, bias, threshold, capacity)
 
 
-# More outlier columns than the usual handful (12), with room for all of them, for most, and for
-# fewer than half, across the Hopper GEMM's row buckets.
+# More outlier columns than the usual handful: 12, and 40, past one 16-slot tensor-core step of the
+# Hopper epilogue; with room for all of them (capacity 100 is past the 64 slots that epilogue takes,
+# so another path runs), for most, and for few, across the Hopper GEMM's row buckets.
 @pytest.mark.parametrize("shape,n", [((100, 256), 136), ((300, 512), 264), ((1100, 128), 72)])
-@pytest.mark.parametrize("capacity", [64, 10, 5])
-def test_fused_int8_linear_with_a_dozen_outlier_columns(shape, n, capacity, dtype, device):
+@pytest.mark.parametrize("outliers", [12, 40])
+@pytest.mark.parametrize("capacity", [100, 64, 10, 5])
+def test_fused_int8_linear_with_many_outlier_columns(shape, n, outliers, capacity, dtype, device):
     k = shape[-1]
-    x = random_activations(shape, dtype, device, outlier_cols=list(range(1, k, k // 12))[:12])
+    x = random_activations(shape, dtype, device, outlier_cols=list(range(1, k, k // outliers))[:outliers])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device) * torch.rand(n, 1, device=device))
     bias = torch.randn(n, device=device).to(dtype)
-    assert ops.outlier_split(x, THRESHOLD, 64)[1].item() == 12
+    assert ops.outlier_split(x, THRESHOLD, 64)[1].item() == outliers
     assert_fused_equals_composed(x, w_int8, w_absmax, bias, THRESHOLD, capacity)
 
 

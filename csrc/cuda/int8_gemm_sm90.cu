@@ -4,7 +4,8 @@
 // K-major ("column-major") B: the only layout pair int8 wgmma accepts. The int32 accumulator
 // never leaves the registers: an epilogue visitor tree scales it by row_absmax (one value per
 // row m, a column-vector broadcast), col_absmax and bias (one value per column n, row-vector
-// broadcasts), adds the 16-bit addend read as the GEMM's C operand, and rounds once to fp16/bf16.
+// broadcasts), adds the outlier columns' product (outlier_product_sm90.cuh), and rounds once to
+// fp16/bf16.
 #include "int8_gemm_sm90.h"
 
 #include <c10/util/Exception.h>
@@ -19,6 +20,7 @@
 
 #include "../core/llmint8_core.h"
 #include "cutlass_sm90.h"
+#include "outlier_product_sm90.cuh"
 
 namespace llmint8 {
 namespace {
@@ -27,20 +29,31 @@ using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 using sm90::kTmaAlignmentBytes;
 
-// float(acc) * (row_absmax * col_absmax / 127^2) + bias [+ addend]: dequantize_value's order,
-// so that the fused result matches the unfused dequant kernel bit for bit before the addend.
+// float(acc) * (row_absmax * col_absmax / 127^2) + bias: dequantize_value's order, so that the
+// fused result matches the unfused dequant kernel bit for bit.
 template <class Fragment>
 struct DequantizeFragment {
-  template <class... Addend>
   CUTLASS_HOST_DEVICE Fragment operator()(Fragment const& acc, Fragment const& row_absmax,
-                                          Fragment const& col_absmax, Fragment const& bias,
-                                          Addend const&... addend) const {
+                                          Fragment const& col_absmax, Fragment const& bias) const {
     Fragment out;
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < static_cast<int>(Fragment::kElements); ++i) {
       out[i] = acc[i] * (row_absmax[i] * col_absmax[i] * kInvInt8MaxSquared) + bias[i];
-      ((out[i] += addend[i]), ...);
     }
+    return out;
+  }
+};
+
+// The same plus the outlier columns' product, in fp32 before the one rounding. The product comes
+// first among the children so that its loads go out before the broadcasts' (see OutlierProduct).
+template <class Fragment>
+struct DequantizeWithOutliersFragment {
+  CUTLASS_HOST_DEVICE Fragment operator()(Fragment const& outliers, Fragment const& acc,
+                                          Fragment const& row_absmax, Fragment const& col_absmax,
+                                          Fragment const& bias) const {
+    Fragment out = DequantizeFragment<Fragment>{}(acc, row_absmax, col_absmax, bias);
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < static_cast<int>(Fragment::kElements); ++i) out[i] += outliers[i];
     return out;
   }
 };
@@ -57,12 +70,16 @@ using PerColumnBroadcast = fusion::Sm90RowBroadcast<0, TileShape, float, float>;
 template <class TileShape, class Out>
 using BiasBroadcast = fusion::Sm90RowBroadcast<0, TileShape, Out, float>;
 
-// Addend is empty or the C operand fetch (Sm90SrcFetch).
-template <class TileShape, class Out, class... Addend>
+template <class TileShape, class Out>
 using DequantizeTree = fusion::Sm90EVT<
     fusion::Sm90Compute<DequantizeFragment, Out, float, cutlass::FloatRoundStyle::round_to_nearest>,
     fusion::Sm90AccFetch, RowAbsmaxBroadcast<TileShape>, PerColumnBroadcast<TileShape>,
-    BiasBroadcast<TileShape, Out>, Addend...>;
+    BiasBroadcast<TileShape, Out>>;
+template <class TileShape, class Out>
+using DequantizeWithOutliersTree = fusion::Sm90EVT<
+    fusion::Sm90Compute<DequantizeWithOutliersFragment, Out, float, cutlass::FloatRoundStyle::round_to_nearest>,
+    sm90::OutlierProduct<TileShape, Out>, fusion::Sm90AccFetch, RowAbsmaxBroadcast<TileShape>,
+    PerColumnBroadcast<TileShape>, BiasBroadcast<TileShape, Out>>;
 
 template <class TileShape_, class ClusterShape_, class KernelSchedule_, class EpilogueSchedule_,
           class TileScheduler_>
@@ -83,8 +100,7 @@ using SmallRowsConfig =
                  cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                  cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
 // Mid-sized M: 128x128 tiles still fill the GPU; ping-pong overlaps one warpgroup's epilogue
-// (which streams the addend in) with the other's mainloop. The 2x1 cluster multicasts each
-// weight tile to two CTAs.
+// with the other's mainloop. The 2x1 cluster multicasts each weight tile to two CTAs.
 using MediumRowsConfig =
     KernelConfig<Shape<_128, _128, _128>, Shape<_2, _1, _1>,
                  cutlass::gemm::KernelTmaWarpSpecializedPingpong,
@@ -96,16 +112,25 @@ using LargeRowsConfig =
                  cutlass::gemm::KernelTmaWarpSpecializedCooperative,
                  cutlass::epilogue::TmaWarpSpecializedCooperative,
                  cutlass::gemm::PersistentScheduler>;
+// Mid-sized M with outliers: 128x128 tiles shared by both warpgroups, whose 64 accumulators per
+// thread leave the outlier product the registers that ping-pong's 128 do not (ptxas spills).
+// Past kMediumRowsMax the wide tile wins even with its stages cut from four to three by the
+// epilogue's staged slots (H100, 1024->4096 at M = 8192: 124 against 141 us).
+using MediumRowsWithOutliersConfig =
+    KernelConfig<Shape<_128, _128, _128>, Shape<_2, _1, _1>,
+                 cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                 cutlass::epilogue::TmaWarpSpecializedCooperative,
+                 cutlass::gemm::PersistentScheduler>;
+static_assert(kSm90MaxOutlierSlots == sm90::kMaxEpilogueSlots);
 constexpr int64_t kSmallRowsMax = 128;
 constexpr int64_t kMediumRowsMax = 1024;
 
-template <class Config, class Out, bool kWithAddend>
+template <class Config, class Out, bool kWithOutliers>
 struct ScaledGemm {
-  // Without an addend C is void: no C load, no C shared memory (a null C pointer is not skipped).
-  using ElementC = std::conditional_t<kWithAddend, Out, void>;
+  // C is void: no C load, no C shared memory (a null C pointer is not skipped).
+  using ElementC = void;
   using TileShape = typename Config::TileShape;
-  using Fusion = std::conditional_t<kWithAddend,
-                                    DequantizeTree<TileShape, Out, fusion::Sm90SrcFetch<Out>>,
+  using Fusion = std::conditional_t<kWithOutliers, DequantizeWithOutliersTree<TileShape, Out>,
                                     DequantizeTree<TileShape, Out>>;
   static constexpr int kAlignmentInt8 = kTmaAlignmentBytes;
   static constexpr int kAlignmentOut = kTmaAlignmentBytes / sizeof(Out);
@@ -129,23 +154,25 @@ struct ScaledGemm {
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
-// Raw operands of one call; bias and addend may be null.
+// Raw operands of one call; bias may be null, and x_outliers is null when there are no outliers.
 struct ScaledGemmOperands {
   const int8_t* a;
   const int8_t* b;
   const float* row_absmax;
   const float* col_absmax;
   const void* bias;
-  const void* addend;
+  const void* x_outliers;
+  const void* w_cols_t;
+  const int32_t* outlier_count;
+  int capacity;
   void* out;
   int m, n, k;
 };
 
-template <class Config, class Out, bool kWithAddend>
-typename ScaledGemm<Config, Out, kWithAddend>::Gemm::Arguments gemm_arguments(
+template <class Config, class Out, bool kWithOutliers>
+typename ScaledGemm<Config, Out, kWithOutliers>::Gemm::Arguments gemm_arguments(
     const ScaledGemmOperands& op, int device) {
-  using Kernel = typename ScaledGemm<Config, Out, kWithAddend>::Kernel;
-  using ElementC = typename ScaledGemm<Config, Out, kWithAddend>::ElementC;
+  using Kernel = typename ScaledGemm<Config, Out, kWithOutliers>::Kernel;
   const auto stride_a =
       cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, make_shape(op.m, op.k, 1));
   const auto stride_b =
@@ -157,12 +184,15 @@ typename ScaledGemm<Config, Out, kWithAddend>::Gemm::Arguments gemm_arguments(
 
   typename Kernel::EpilogueArguments epilogue{};
   // Children in DequantizeTree's order, then the compute node's (empty) arguments.
-  if constexpr (kWithAddend) {
-    epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {static_cast<const Out*>(op.bias)}, {}, {}};
+  if constexpr (kWithOutliers) {
+    const typename sm90::OutlierProduct<typename Config::TileShape, Out>::Arguments outliers{
+        static_cast<const Out*>(op.x_outliers), static_cast<const Out*>(op.w_cols_t), op.outlier_count,
+        op.capacity};
+    epilogue.thread = {outliers, {}, {op.row_absmax}, {op.col_absmax}, {static_cast<const Out*>(op.bias)}, {}};
   } else {
     epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {static_cast<const Out*>(op.bias)}, {}};
   }
-  epilogue.ptr_C = static_cast<const ElementC*>(op.addend);
+  epilogue.ptr_C = nullptr;
   epilogue.dC = stride_c;
   epilogue.ptr_D = static_cast<Out*>(op.out);
   epilogue.dD = stride_d;
@@ -174,30 +204,50 @@ typename ScaledGemm<Config, Out, kWithAddend>::Gemm::Arguments gemm_arguments(
           sm90::hardware_info(device)};
 }
 
-template <class Config, class Out, bool kWithAddend>
+template <class Config, class Out, bool kWithOutliers>
 void run_scaled_gemm(const ScaledGemmOperands& op, const at::Device& device) {
-  sm90::run_gemm<typename ScaledGemm<Config, Out, kWithAddend>::Gemm>(
-      gemm_arguments<Config, Out, kWithAddend>(op, device.index()), device, "sm90 int8 GEMM");
+  sm90::run_gemm<typename ScaledGemm<Config, Out, kWithOutliers>::Gemm>(
+      gemm_arguments<Config, Out, kWithOutliers>(op, device.index()), device, "sm90 int8 GEMM");
 }
 
-template <class Out, bool kWithAddend>
+template <class Out, bool kWithOutliers>
 void run_for_rows(const ScaledGemmOperands& op, const at::Device& device) {
   if (op.m <= kSmallRowsMax) {
-    run_scaled_gemm<SmallRowsConfig, Out, kWithAddend>(op, device);
+    run_scaled_gemm<SmallRowsConfig, Out, kWithOutliers>(op, device);
   } else if (op.m <= kMediumRowsMax) {
-    run_scaled_gemm<MediumRowsConfig, Out, kWithAddend>(op, device);
+    if constexpr (kWithOutliers) {
+      run_scaled_gemm<MediumRowsWithOutliersConfig, Out, kWithOutliers>(op, device);
+    } else {
+      run_scaled_gemm<MediumRowsConfig, Out, kWithOutliers>(op, device);
+    }
   } else {
-    run_scaled_gemm<LargeRowsConfig, Out, kWithAddend>(op, device);
+    run_scaled_gemm<LargeRowsConfig, Out, kWithOutliers>(op, device);
   }
 }
 
 template <class Out>
-void run_for_addend(const ScaledGemmOperands& op, const at::Device& device) {
-  if (op.addend) {
+void run_for_outliers(const ScaledGemmOperands& op, const at::Device& device) {
+  if (op.x_outliers) {
     run_for_rows<Out, true>(op, device);
   } else {
     run_for_rows<Out, false>(op, device);
   }
+}
+
+// x_outliers [M, capacity >= 1] and w_cols_t [capacity, N] in out's dtype, read elementwise (no
+// alignment needed), and the outlier count, one int32.
+void check_outlier_operands(const OutlierProductOperands& outliers, at::ScalarType dtype,
+                            const at::Device& device, int64_t m, int64_t n) {
+  const auto& x = outliers.x_outliers;
+  const auto& w = outliers.w_cols_t;
+  sm90::check_on_device(x, "x_outliers", dtype, device);
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == m && x.size(1) >= 1 && x.size(1) <= kSm90MaxOutlierSlots,
+              "x_outliers must be [", m, ", capacity] with 1 <= capacity <= ", kSm90MaxOutlierSlots, ", got ",
+              x.sizes());
+  sm90::check_on_device(w, "w_cols_t", dtype, device);
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == x.size(1) && w.size(1) == n, "w_cols_t must be [", x.size(1),
+              ", ", n, "], got ", w.sizes());
+  sm90::check_vector_operand(outliers.count, "outlier count", device, 1, at::kInt);
 }
 
 }  // namespace
@@ -209,14 +259,15 @@ bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b
     return false;
   }
   if (a_int8.device() != b_int8.device() || a_int8.size(1) != b_int8.size(1)) return false;
-  // K int8 values per row of a and b, N 16-bit values per row of out and addend.
+  // K int8 values per row of a and b, N 16-bit values per row of out.
   return sm90::are_tma_extents(a_int8.size(0), b_int8.size(0), a_int8.size(1)) &&
          sm90::is_compute_capability_90(a_int8.device());
 }
 
 void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
                            const at::Tensor& row_absmax, const at::Tensor& col_absmax,
-                           const at::Tensor& bias, const at::Tensor& addend, at::Tensor& out) {
+                           const at::Tensor& bias, const OutlierProductOperands& outliers,
+                           at::Tensor& out) {
   TORCH_CHECK(int8_scaled_gemm_sm90_applies(a_int8, b_int8, out.scalar_type()),
               "int8_scaled_gemm_sm90: operands not supported (see int8_scaled_gemm_sm90_applies)");
   const auto device = a_int8.device();
@@ -224,9 +275,7 @@ void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
   sm90::check_vector_operand(row_absmax, "row_absmax", device, m);
   sm90::check_vector_operand(col_absmax, "col_absmax", device, n);
   if (bias.defined()) sm90::check_bias_operand(bias, out.scalar_type(), device, n);
-  if (addend.defined()) {
-    sm90::check_matrix_operand(addend, "addend", out.scalar_type(), device, m, n);
-  }
+  if (outliers.defined()) check_outlier_operands(outliers, out.scalar_type(), device, m, n);
   sm90::check_matrix_operand(out, "out", out.scalar_type(), device, m, n);
 
   const c10::cuda::CUDAGuard guard(device);
@@ -235,15 +284,18 @@ void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
                               row_absmax.const_data_ptr<float>(),
                               col_absmax.const_data_ptr<float>(),
                               bias.defined() ? bias.const_data_ptr() : nullptr,
-                              addend.defined() ? addend.const_data_ptr() : nullptr,
+                              outliers.defined() ? outliers.x_outliers.const_data_ptr() : nullptr,
+                              outliers.defined() ? outliers.w_cols_t.const_data_ptr() : nullptr,
+                              outliers.defined() ? outliers.count.const_data_ptr<int32_t>() : nullptr,
+                              outliers.defined() ? static_cast<int>(outliers.x_outliers.size(1)) : 0,
                               out.mutable_data_ptr(),
                               static_cast<int>(m),
                               static_cast<int>(n),
                               static_cast<int>(k)};
   if (out.scalar_type() == at::kHalf) {
-    run_for_addend<cutlass::half_t>(op, device);
+    run_for_outliers<cutlass::half_t>(op, device);
   } else {
-    run_for_addend<cutlass::bfloat16_t>(op, device);
+    run_for_outliers<cutlass::bfloat16_t>(op, device);
   }
 }
 
@@ -258,7 +310,8 @@ bool int8_scaled_gemm_sm90_applies(const at::Tensor&, const at::Tensor&, at::Sca
 }
 
 void int8_scaled_gemm_sm90(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&) {
+                           const at::Tensor&, const at::Tensor&, const OutlierProductOperands&,
+                           at::Tensor&) {
   TORCH_CHECK(false, "llmint8 was built without CUTLASS; int8_scaled_gemm_sm90 is unavailable");
 }
 

@@ -11,12 +11,25 @@ namespace llmint8 {
 bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b_int8,
                                    at::ScalarType out_dtype);
 
+// The most outlier slots (capacity) the epilogue multiplies: it holds them all in shared memory.
+constexpr int64_t kSm90MaxOutlierSlots = 64;
+
+// The outlier columns' 16-bit part of an LLM.int8 product: x_outliers [M, capacity] times
+// w_cols_t [capacity, N] (the weight's outlier columns, dequantized), both in out's dtype, over
+// the first min(count, capacity) slots; count is an int32 on the device; 1 <= capacity <=
+// kSm90MaxOutlierSlots. Undefined: no outliers.
+struct OutlierProductOperands {
+  at::Tensor x_outliers, w_cols_t, count;
+  bool defined() const { return x_outliers.defined(); }
+};
+
 // out [M, N] = a [M, K] . b [N, K]^T * row_absmax [M] (x) col_absmax [N] / 127^2 + bias [N]
-// + addend [M, N], in fp32 with one rounding to out's dtype. bias and addend (both in out's
-// dtype) may be undefined; out is preallocated, contiguous and 16-byte aligned, as are bias and addend.
+// + the outlier product, in fp32 with one rounding to out's dtype. bias (out's dtype, 16-byte
+// aligned) may be undefined; out is preallocated, contiguous and 16-byte aligned.
 // Runs on the current CUDA stream; requires int8_scaled_gemm_sm90_applies.
 void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
                            const at::Tensor& row_absmax, const at::Tensor& col_absmax,
-                           const at::Tensor& bias, const at::Tensor& addend, at::Tensor& out);
+                           const at::Tensor& bias, const OutlierProductOperands& outliers,
+                           at::Tensor& out);
 
 }  // namespace llmint8

@@ -540,18 +540,16 @@ void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& we
   });
 }
 
-// The same result on Hopper with the dequantization inside the int8 GEMM's epilogue, so the int32
-// product never goes to memory. The outlier product is a small 16-bit GEMM (K = capacity) whose
-// result the epilogue reads as its addend; it is rounded to 16 bits once before the sum, as in the
-// five-op composition.
+// The same result on Hopper with the dequantization and the outlier columns' product inside the
+// int8 GEMM's epilogue, so neither the int32 product nor an [M, N] outlier addend goes to memory.
 void int8_gemm_with_outliers_sm90(const QuantizedActivations& a, const at::Tensor& weight_int8,
                                   const at::Tensor& weight_scale, const at::Tensor& bias, at::Tensor& out) {
   const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
   auto out2d = out.view({rows, n_dim});
-  at::Tensor addend;
-  if (a.has_outliers()) addend = at::mm(a.x_outliers.view({rows, -1}), a.w_cols_t);
+  OutlierProductOperands outliers;
+  if (a.has_outliers()) outliers = {a.x_outliers.view({rows, -1}), a.w_cols_t, a.outlier_count};
   int8_scaled_gemm_sm90(a.x_int8.view({rows, -1}), weight_int8, a.x_absmax.view({rows}), weight_scale,
-                        bias, addend, out2d);
+                        bias, outliers, out2d);
 }
 
 at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
@@ -565,9 +563,10 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   const auto weight = weight_int8.contiguous();
   const auto weight_scale = weight_absmax.contiguous();
   auto x_int8 = at::empty(x.sizes(), x.options().dtype(at::kChar));
-  // The Hopper epilogue adds the outlier product in the output's dtype, our own kernel in fp32.
+  // The Hopper epilogue multiplies the outlier columns in the output's dtype, our own kernel in fp32.
   const bool fused_epilogue = int8_scaled_gemm_sm90_applies(x_int8.view({leading_rows(x), x.size(-1)}), weight,
-                                                            out.scalar_type());
+                                                            out.scalar_type()) &&
+                              (!(threshold > 0.0) || capacity <= kSm90MaxOutlierSlots);
   const auto activations = quantize_activations(x, threshold, capacity, weight, weight_scale,
                                                 fused_epilogue ? out.scalar_type() : at::kFloat, std::move(x_int8));
   if (fused_epilogue) {
