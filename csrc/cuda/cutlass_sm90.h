@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <limits>
+#include <mutex>
+#include <unordered_set>
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
@@ -96,17 +98,42 @@ inline void check_cutlass(cutlass::Status status, const char* gemm, const char* 
               " failed: ", cutlassGetStatusString(status));
 }
 
-// Checks, initializes and launches a CUTLASS device GEMM on the current stream. Its workspace
-// (stream-K partial sums) comes from the caching allocator, which keeps graph capture safe.
+// Lets Kernel use its shared memory on `device`: once per kernel and device, as the setting lasts,
+// where CUTLASS's adapter sets it on every call (a driver call of a few microseconds of host time).
+template <class Kernel>
+void allow_kernel_shared_memory(int device, const char* gemm) {
+  static std::mutex mutex;
+  static std::unordered_set<int> allowed;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (allowed.count(device)) return;
+  if (Kernel::SharedStorageSize >= (48 << 10)) {
+    const cudaError_t result = cudaFuncSetAttribute(cutlass::device_kernel<Kernel>,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    static_cast<int>(Kernel::SharedStorageSize));
+    TORCH_CHECK(result == cudaSuccess, "llmint8: CUTLASS ", gemm, " shared memory setting failed: ",
+                cudaGetErrorString(result));
+  }
+  allowed.insert(device);
+}
+
+// Checks, initializes and launches a CUTLASS device GEMM on the current stream: the adapter's
+// initialize() step by step, with the shared-memory setting made once. Its workspace (stream-K
+// partial sums) comes from the caching allocator, which keeps graph capture safe.
 template <class Gemm>
 void run_gemm(const typename Gemm::Arguments& arguments, const at::Device& device, const char* name) {
-  Gemm gemm;
-  check_cutlass(gemm.can_implement(arguments), name, "can_implement");
-  const auto workspace = at::empty({static_cast<int64_t>(Gemm::get_workspace_size(arguments))},
-                                   at::TensorOptions().dtype(at::kByte).device(device));
+  using Kernel = typename Gemm::GemmKernel;
+  check_cutlass(Gemm::can_implement(arguments), name, "can_implement");
+  const auto workspace_bytes = static_cast<int64_t>(Gemm::get_workspace_size(arguments));
+  at::Tensor workspace;
+  if (workspace_bytes > 0) {
+    workspace = at::empty({workspace_bytes}, at::TensorOptions().dtype(at::kByte).device(device));
+  }
+  void* workspace_data = workspace.defined() ? workspace.data_ptr() : nullptr;
   const auto stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  check_cutlass(gemm.initialize(arguments, workspace.data_ptr(), stream), name, "initialize");
-  check_cutlass(gemm.run(stream), name, "launch");
+  check_cutlass(Kernel::initialize_workspace(arguments, workspace_data, stream, nullptr), name, "initialize");
+  auto params = Kernel::to_underlying_arguments(arguments, workspace_data);
+  allow_kernel_shared_memory<Kernel>(device.index(), name);
+  check_cutlass(Gemm::run(params, stream), name, "launch");
 }
 
 }  // namespace llmint8::sm90
