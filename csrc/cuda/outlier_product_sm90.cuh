@@ -28,8 +28,8 @@ constexpr int kSlotPairs = kMmaSlots / 2;
 constexpr int kMaxEpilogueSlots = 64;
 constexpr int kSlotChunks = kMaxEpilogueSlots / kMmaSlots;
 constexpr int kLanes = 32;
-// The fewest threads an epilogue runs with (one warpgroup, ping-pong), which bounds the staging
-// loads per thread.
+// The fewest threads an epilogue may run with (one warpgroup), which sizes the staging loops; the
+// cooperative kernels' 256 threads leave half their iterations predicated off.
 constexpr int kMinEpilogueThreads = 128;
 
 // d += a (16x16, row-major fragment) * b (16x8, column-major fragment), fp32 accumulation.
