@@ -164,18 +164,28 @@ struct CachedRow {
     }
   }
 
+  // Another row of the same width, still to be loaded.
+  __device__ __forceinline__ void move_to(const T* row) { vectors = reinterpret_cast<const Vector*>(row); }
+
+  // visit(v, vector) for each of this thread's vectors: the cached ones from registers, the rest
+  // loaded again.
+  template <typename Visit>
+  __device__ __forceinline__ void for_each(Visit visit) const {
+#pragma unroll
+    for (int i = 0; i < kCached; ++i) {
+      if (cached_index(i) < count) visit(cached_index(i), cached[i]);
+    }
+    for (int64_t v = first_uncached(); v < count; v += threads) {
+      const Vector loaded = vectors[v];  // a copy, so that it is one wide load, not kWidth narrow ones
+      visit(v, loaded);
+    }
+  }
+
   // This thread's share of the largest |kept element|.
   template <typename Excluded>
   __device__ __forceinline__ float kept_absmax_part(Excluded excluded) const {
     float absmax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kCached; ++i) {
-      if (cached_index(i) < count) absmax = fmaxf(absmax, kept_absmax(cached[i], excluded(cached_index(i))));
-    }
-    for (int64_t v = first_uncached(); v < count; v += threads) {
-      const Vector loaded = vectors[v];  // a copy, so that it is one wide load, not kWidth narrow ones
-      absmax = fmaxf(absmax, kept_absmax(loaded, excluded(v)));
-    }
+    for_each([&](int64_t v, const Vector& vector) { absmax = fmaxf(absmax, kept_absmax(vector, excluded(v))); });
     return absmax;
   }
 
@@ -183,14 +193,7 @@ struct CachedRow {
   template <typename Excluded>
   __device__ __forceinline__ void store_quantized(Excluded excluded, float step, int8_t* q) const {
     auto* q_vectors = reinterpret_cast<Packed<int8_t, kWidth>*>(q);
-#pragma unroll
-    for (int i = 0; i < kCached; ++i) {
-      if (cached_index(i) < count) q_vectors[cached_index(i)] = quantize_packed(cached[i], excluded(cached_index(i)), step);
-    }
-    for (int64_t v = first_uncached(); v < count; v += threads) {
-      const Vector loaded = vectors[v];
-      q_vectors[v] = quantize_packed(loaded, excluded(v), step);
-    }
+    for_each([&](int64_t v, const Vector& vector) { q_vectors[v] = quantize_packed(vector, excluded(v), step); });
   }
 };
 

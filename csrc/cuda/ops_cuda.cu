@@ -487,6 +487,10 @@ at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& wei
   return w_cols_t;
 }
 
+// Whether int8_linear splits outlier columns off x at all: a threshold that can mark one and a
+// slot to put it in.
+bool splits_outliers(double threshold, int64_t capacity) { return threshold > 0.0 && capacity > 0; }
+
 // x's split and quantization into x_int8 (int8, x's shape), with the weight's outlier columns (in
 // w_cols_dtype) gathered for the GEMM side: one cooperative launch where it applies
 // (split_and_quantize.cu), else mark -> compact -> quantize (which gathers x_outliers while it
@@ -498,7 +502,7 @@ QuantizedActivations quantize_activations(const at::Tensor& x, double threshold,
   QuantizedActivations a;
   a.x_int8 = std::move(x_int8);
   a.x_absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
-  if (!(threshold > 0.0 && capacity > 0)) {
+  if (!splits_outliers(threshold, capacity)) {
     launch_quantize_rows(x_contig, a.outlier_cols, a.x_int8, a.x_absmax, a.x_outliers);
     return a;
   }
@@ -566,7 +570,7 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   // The Hopper epilogue multiplies the outlier columns in the output's dtype, our own kernel in fp32.
   const bool fused_epilogue = int8_scaled_gemm_sm90_applies(x_int8.view({leading_rows(x), x.size(-1)}), weight,
                                                             out.scalar_type()) &&
-                              (!(threshold > 0.0) || capacity <= kSm90MaxOutlierSlots);
+                              (!splits_outliers(threshold, capacity) || capacity <= kSm90MaxOutlierSlots);
   const auto activations = quantize_activations(x, threshold, capacity, weight, weight_scale,
                                                 fused_epilogue ? out.scalar_type() : at::kFloat, std::move(x_int8));
   if (fused_epilogue) {

@@ -180,8 +180,12 @@ struct OutlierProduct {
     int thread_idx, threads;
     Params const& params;
     SharedStorage* shared;
-    StagedPairs<Out, kTileM, /*kSlotsContiguous=*/true> x_first;
-    StagedPairs<Out, kTileN, /*kSlotsContiguous=*/false> w_first;
+    // One chunk of 16 slots of both operands, in flight between its loads and its stores.
+    struct ChunkPairs {
+      StagedPairs<Out, kTileM, /*kSlotsContiguous=*/true> x;
+      StagedPairs<Out, kTileN, /*kSlotsContiguous=*/false> w;
+    };
+    ChunkPairs first_chunk;
     int count = 0;
     int chunks = 1;  // of 16 slots, holding the used ones (the first is staged whatever the count)
 
@@ -189,8 +193,7 @@ struct OutlierProduct {
     // begin() read their broadcasts; previsit stores them.
     CUTLASS_DEVICE void begin() {
       count = *params.count;
-      x_first.load(params.x_outliers, x_offset(), 1, 0, params.capacity, thread_idx, threads);
-      w_first.load(params.w_cols_t, w_offset(), at.n_dim, 0, params.capacity, thread_idx, threads);
+      load_chunk(0, first_chunk);
     }
 
     CUTLASS_DEVICE bool begin_sync_needed() const { return false; }
@@ -199,11 +202,14 @@ struct OutlierProduct {
     // loaded and stored, then one barrier of the epilogue's threads.
     CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int, bool) {
       if (epi_m != 0 || epi_n != 0) return;
-      x_first.store(reinterpret_cast<uint32_t*>(shared->x_fragments[0]), x_fragment_word, thread_idx, threads);
-      w_first.store(reinterpret_cast<uint32_t*>(shared->w_fragments[0]), w_fragment_word, thread_idx, threads);
+      store_chunk(0, first_chunk);
       const int used = min(count, params.capacity);
       chunks = max(1, (used + kMmaSlots - 1) / kMmaSlots);
-      for (int chunk = 1; chunk < chunks; ++chunk) stage_chunk(chunk);
+      for (int chunk = 1; chunk < chunks; ++chunk) {
+        ChunkPairs pairs;  // both operands' loads go out before any is stored: one latency per chunk
+        load_chunk(chunk, pairs);
+        store_chunk(chunk, pairs);
+      }
       cutlass::arch::NamedBarrier::sync(threads, cutlass::arch::ReservedNamedBarriers::EpilogueBarrier);
     }
 
@@ -220,15 +226,14 @@ struct OutlierProduct {
       };
     }
 
-    // Both operands' loads go out before any is stored: one memory latency per chunk.
-    CUTLASS_DEVICE void stage_chunk(int chunk) const {
+    CUTLASS_DEVICE void load_chunk(int chunk, ChunkPairs& pairs) const {
       const int first_slot = chunk * kMmaSlots;
-      StagedPairs<Out, kTileM, /*kSlotsContiguous=*/true> x_pairs;
-      StagedPairs<Out, kTileN, /*kSlotsContiguous=*/false> w_pairs;
-      x_pairs.load(params.x_outliers, x_offset(), 1, first_slot, params.capacity, thread_idx, threads);
-      w_pairs.load(params.w_cols_t, w_offset(), at.n_dim, first_slot, params.capacity, thread_idx, threads);
-      x_pairs.store(reinterpret_cast<uint32_t*>(shared->x_fragments[chunk]), x_fragment_word, thread_idx, threads);
-      w_pairs.store(reinterpret_cast<uint32_t*>(shared->w_fragments[chunk]), w_fragment_word, thread_idx, threads);
+      pairs.x.load(params.x_outliers, x_offset(), 1, first_slot, params.capacity, thread_idx, threads);
+      pairs.w.load(params.w_cols_t, w_offset(), at.n_dim, first_slot, params.capacity, thread_idx, threads);
+    }
+    CUTLASS_DEVICE void store_chunk(int chunk, const ChunkPairs& pairs) const {
+      pairs.x.store(reinterpret_cast<uint32_t*>(shared->x_fragments[chunk]), x_fragment_word, thread_idx, threads);
+      pairs.w.store(reinterpret_cast<uint32_t*>(shared->w_fragments[chunk]), w_fragment_word, thread_idx, threads);
     }
 
     // A fragment: a0 (row g, slots 2t..), a1 (row g + 8), a2 (slots 2t + 8..), a3 (both), for
@@ -244,6 +249,17 @@ struct OutlierProduct {
       return ((col / kMmaCols) * kLanes + lane) * 2 + pair / 4;
     }
 
+    // An element's place relative to the thread's first one.
+    struct Offset {
+      int row, col;
+      CUTLASS_DEVICE bool starts_block() const { return row % kMmaRows == 0 && col % kMmaCols == 0; }
+      CUTLASS_DEVICE bool in_block_of(Offset first) const {
+        return row / kMmaRows == first.row / kMmaRows && col / kMmaCols == first.col / kMmaCols;
+      }
+      // Its register in the block's C fragment: (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1).
+      CUTLASS_DEVICE int c_register() const { return 2 * (row / 8 % 2) + col % 2; }
+    };
+
     // The offsets below are compile-time constants once the epilogue's loops unroll: per chunk of
     // slots, one mma per 16 x 8 block of the fragment, its operands from shared memory.
     template <typename ElementAccumulator, int FragmentSize>
@@ -252,32 +268,31 @@ struct OutlierProduct {
       constexpr int kBlocks = FragmentSize / 4;
       float d[kBlocks][4] = {};
       auto subtile = coords(cute::_, cute::_, cute::_, epi_m, epi_n);
+      auto offset_of = [&](int i) {
+        const auto offset = subtile(epi_v * FragmentSize + i);
+        return Offset{int(cute::get<0>(offset)), int(cute::get<1>(offset))};
+      };
 #pragma unroll 1
       for (int chunk = 0; chunk < chunks; ++chunk) {
         int block = 0;
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < FragmentSize; ++i) {
-          const auto offset = subtile(epi_v * FragmentSize + i);
-          const int row = int(cute::get<0>(offset)), col = int(cute::get<1>(offset));
-          if (row % kMmaRows != 0 || col % kMmaCols != 0) continue;  // not a block's first element
-          mma_16x8x16<Out>(d[block++], shared->x_fragments[chunk][at.row_block + row / kMmaRows][at.lane],
-                           shared->w_fragments[chunk][at.col_block + col / kMmaCols][at.lane]);
+          const Offset first = offset_of(i);
+          if (!first.starts_block()) continue;
+          mma_16x8x16<Out>(d[block++], shared->x_fragments[chunk][at.row_block + first.row / kMmaRows][at.lane],
+                           shared->w_fragments[chunk][at.col_block + first.col / kMmaCols][at.lane]);
         }
       }
       cutlass::Array<float, FragmentSize> product;
       int block = 0;
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < FragmentSize; ++i) {
-        const auto offset = subtile(epi_v * FragmentSize + i);
-        const int row = int(cute::get<0>(offset)), col = int(cute::get<1>(offset));
-        if (row % kMmaRows != 0 || col % kMmaCols != 0) continue;
+        const Offset first = offset_of(i);
+        if (!first.starts_block()) continue;
         CUTLASS_PRAGMA_UNROLL
-        for (int j = 0; j < FragmentSize; ++j) {  // C-fragment order: (g, 2t), (g, 2t + 1), (g + 8, ...)
-          const auto other = subtile(epi_v * FragmentSize + j);
-          const int other_row = int(cute::get<0>(other)), other_col = int(cute::get<1>(other));
-          if (other_row / kMmaRows == row / kMmaRows && other_col / kMmaCols == col / kMmaCols) {
-            product[j] = d[block][2 * (other_row / 8 % 2) + other_col % 2];
-          }
+        for (int j = 0; j < FragmentSize; ++j) {
+          const Offset other = offset_of(j);
+          if (other.in_block_of(first)) product[j] = d[block][other.c_register()];
         }
         ++block;
       }
