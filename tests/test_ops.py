@@ -360,6 +360,20 @@ def test_int8_weight_linear_matches_float64(m, k, n, dtype, device):
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item() if m else 0)
 
 
+# Widening an int8 weight to x's dtype is exact, so one-hot rows of x (absmax 127: scale 1) must
+# read back weight values bit for bit; the weight holds every value from -127 to 127. Rows 40 and
+# 128 take Hopper's CUTLASS kernel (mixed-input wgmma).
+@pytest.mark.parametrize("m", [1, 16, 40, 128])
+def test_int8_weight_linear_widens_every_weight_value_exactly(m, dtype, device):
+    k, n = 128, 264
+    w_int8 = (torch.arange(n * k, device=device) % 255 - 127).to(torch.int8).view(n, k)
+    w_absmax = torch.full((n,), 127.0, device=device)
+    columns = torch.arange(m, device=device) * 7 % k
+    x = torch.nn.functional.one_hot(columns, k).to(dtype)
+    out = ops.int8_weight_linear(x, w_int8, w_absmax)
+    torch.testing.assert_close(out, w_int8.T[columns].to(dtype), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("rows", [ops.SMALL_BATCH_ROWS, ops.TENSOR_CORE_WEIGHT_ONLY_ROWS])
 def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(rows, dtype, device):
     x = random_activations((rows, 1024), dtype, device, outlier_cols=range(0, 1024, 128))
