@@ -159,26 +159,18 @@ __device__ int64_t build_split(const SplitShape& s, const uint32_t* __restrict__
 
 // w_cols_t [capacity, N] across the whole grid: the weight's split columns dequantized as
 // gather_weight_columns_kernel does, zero in unused slots (x_outliers is zero there too, but
-// 0 * garbage could be NaN). Each thread steps its (slot, n) by the grid's stride instead of
-// dividing its flat index by N (64-bit) on every element.
+// 0 * garbage could be NaN).
 template <typename W>
 __device__ void gather_split_weight_columns(const SplitShape& s, int64_t split, const int32_t* slot_cols,
                                             const int8_t* __restrict__ weight,
                                             const float* __restrict__ weight_scale, W* __restrict__ w_cols_t) {
-  const int64_t first = blockIdx.x * int64_t(kSplitThreads) + threadIdx.x;
-  const int64_t stride = int64_t(gridDim.x) * kSplitThreads;
-  const int64_t slot_step = stride / s.n_dim, n_step = stride % s.n_dim;
-  int64_t slot = first / s.n_dim, n = first % s.n_dim;
-  while (slot < s.capacity) {
-    w_cols_t[slot * s.n_dim + n] = static_cast<W>(
-        slot < split ? static_cast<float>(weight[n * s.cols + slot_cols[slot]]) * (weight_scale[n] / kInt8Max)
-                     : 0.0f);
-    slot += slot_step;
-    n += n_step;
-    if (n >= s.n_dim) {
-      n -= s.n_dim;
-      ++slot;
-    }
+  const int64_t total = s.capacity * s.n_dim;
+  for (int64_t i = blockIdx.x * int64_t(kSplitThreads) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * kSplitThreads) {
+    const int64_t slot = i / s.n_dim, n = i % s.n_dim;
+    w_cols_t[i] = static_cast<W>(slot < split ? static_cast<float>(weight[n * s.cols + slot_cols[slot]]) *
+                                                    (weight_scale[n] / kInt8Max)
+                                              : 0.0f);
   }
 }
 
