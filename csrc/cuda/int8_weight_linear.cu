@@ -125,6 +125,24 @@ __device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)
   }
 }
 
+// Programmatic dependent launch (compute capability 9.0): a grid launched with programmatic
+// stream serialization may start while the grid before it drains, up to griddepcontrol.wait,
+// which returns once that grid has finished and its writes are visible. The weight does not
+// depend on earlier kernels, so its first loads go out before the wait, in the previous kernel's
+// tail; x is read only after it. Each block lets the next grid launch as soon as it starts: that
+// grid waits for this one's completion the same way before it reads anything this one writes.
+__device__ __forceinline__ void let_next_grid_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ int lane_group() { return threadIdx.x % kWarpSize / 4; }
 __device__ __forceinline__ int lane_thread() { return threadIdx.x % 4; }
 
@@ -242,6 +260,7 @@ __device__ __forceinline__ void store_block(const Problem<T>& p, int64_t n_base,
 template <typename C, typename T>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
 int8_weight_linear_kernel(const Problem<T> p) {
+  let_next_grid_launch();
   __shared__ float reduced[C::kWarps * kTileRows * kBlockCols];
   const int64_t k_begin = blockIdx.y * p.k_per_split;
   const int64_t n_base = blockIdx.x / p.m_tiles * int64_t(kBlockCols);
@@ -259,6 +278,7 @@ int8_weight_linear_kernel(const Problem<T> p) {
     const int64_t k = k_first + s * kStride;
     if (k < k_end) load_weights(w_rows, n_rows_left, p.k_dim, k, ring[s]);
   }
+  wait_for_previous_grid();
   for (int64_t k_turn = k_first; k_turn < k_end; k_turn += kStages * kStride) {
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
@@ -290,6 +310,7 @@ __global__ void finish_split_k_kernel(const float* __restrict__ partials, int64_
 struct Shape {
   int64_t rows, n_dim, k_dim;
   int sms;
+  bool overlaps_previous_grid;  // compute capability 9.0 and up (see wait_for_previous_grid)
   // Blocks of one K split: 32-row column blocks times 16-row M tiles.
   int64_t tiles() const {
     return (n_dim + kBlockCols - 1) / kBlockCols * ((rows + kTileRows - 1) / kTileRows);
@@ -338,6 +359,23 @@ int64_t k_per_split_filling_slots(const Shape& s, int64_t slots) {
   return best;
 }
 
+// kernel<<<grid, threads, 0, stream>>>(p), allowed to start during the previous grid's tail where
+// `overlap` (the kernel waits for that grid before reading x; see wait_for_previous_grid).
+template <typename T>
+void launch_overlapping_previous(void (*kernel)(Problem<T>), dim3 grid, int threads, cudaStream_t stream,
+                                 const Problem<T>& p, bool overlap) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(threads);
+  config.stream = stream;
+  cudaLaunchAttribute overlap_attribute{};
+  overlap_attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap_attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &overlap_attribute;
+  config.numAttrs = overlap ? 1 : 0;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+}
+
 template <typename C, typename T>
 void launch(Problem<T> p, const Shape& shape, const at::TensorOptions& options, cudaStream_t stream) {
   constexpr auto kernel = &int8_weight_linear_kernel<C, T>;
@@ -353,8 +391,7 @@ void launch(Problem<T> p, const Shape& shape, const at::TensorOptions& options, 
   at::Tensor partials;
   if (grid.y > 1) partials = at::empty({int64_t(grid.y), p.rows, p.n_dim}, options.dtype(at::kFloat));
   p.partials = partials.defined() ? partials.mutable_data_ptr<float>() : nullptr;
-  kernel<<<grid, C::kThreads, 0, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_overlapping_previous(kernel, grid, C::kThreads, stream, p, shape.overlaps_previous_grid);
   if (partials.defined()) {
     const int64_t blocks = std::min<int64_t>((p.rows * p.n_dim + 255) / 256, 65535);
     finish_split_k_kernel<T><<<blocks, 256, 0, stream>>>(p.partials, grid.y, p.rows, p.n_dim,
@@ -401,8 +438,8 @@ bool int8_weight_linear_kernel_applies(const at::Tensor& x, const at::Tensor& we
 at::Tensor int8_weight_linear_cuda_kernel(const at::Tensor& x2d, const at::Tensor& weight_int8,
                                           const at::Tensor& weight_absmax,
                                           const at::Tensor& bias, at::Tensor out) {
-  const Shape shape{x2d.size(0), weight_int8.size(0), x2d.size(1),
-                    device_facts(x2d.device().index()).multiprocessors};
+  const auto& facts = device_facts(x2d.device().index());
+  const Shape shape{x2d.size(0), weight_int8.size(0), x2d.size(1), facts.multiprocessors, facts.major >= 9};
   const auto stream = c10::cuda::getCurrentCUDAStream(x2d.device().index()).stream();
   if (x2d.scalar_type() == at::kHalf) {
     launch_for(problem_for<at::Half>(x2d, weight_int8, weight_absmax, bias, out), shape,
