@@ -374,6 +374,27 @@ def test_int8_weight_linear_widens_every_weight_value_exactly(m, dtype, device):
     torch.testing.assert_close(out, w_int8.T[columns].to(dtype), rtol=0, atol=0)
 
 
+# On Hopper the small-batch kernel may start while the kernel before it drains (programmatic
+# dependent launch) and must wait for it before it reads x: a chain of layers, each reading what
+# the one before it wrote, equals the same chain with the device synchronized between layers.
+@pytest.mark.parametrize("rows", [1, 16])
+def test_int8_weight_linear_chain_reads_each_input_after_it_is_written(rows, dtype, device):
+    layers = [ops.quantize_colwise(torch.randn(2048, 2048, device=device) / 45) for _ in range(6)]
+    x = random_activations((rows, 2048), dtype, device)
+
+    def chain(synchronize):
+        out = x
+        for w_int8, w_absmax in layers:
+            out = ops.int8_weight_linear(out, w_int8, w_absmax)
+            if synchronize and out.is_cuda:
+                torch.cuda.synchronize()
+        return out
+
+    overlapped = chain(synchronize=False)
+    assert overlapped.abs().max() > 0
+    torch.testing.assert_close(overlapped, chain(synchronize=True), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("rows", [ops.SMALL_BATCH_ROWS, ops.TENSOR_CORE_WEIGHT_ONLY_ROWS])
 def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(rows, dtype, device):
     x = random_activations((rows, 1024), dtype, device, outlier_cols=range(0, 1024, 128))

@@ -310,7 +310,6 @@ __global__ void finish_split_k_kernel(const float* __restrict__ partials, int64_
 struct Shape {
   int64_t rows, n_dim, k_dim;
   int sms;
-  bool overlaps_previous_grid;  // compute capability 9.0 and up (see wait_for_previous_grid)
   // Blocks of one K split: 32-row column blocks times 16-row M tiles.
   int64_t tiles() const {
     return (n_dim + kBlockCols - 1) / kBlockCols * ((rows + kTileRows - 1) / kTileRows);
@@ -391,7 +390,10 @@ void launch(Problem<T> p, const Shape& shape, const at::TensorOptions& options, 
   at::Tensor partials;
   if (grid.y > 1) partials = at::empty({int64_t(grid.y), p.rows, p.n_dim}, options.dtype(at::kFloat));
   p.partials = partials.defined() ? partials.mutable_data_ptr<float>() : nullptr;
-  launch_overlapping_previous(kernel, grid, C::kThreads, stream, p, shape.overlaps_previous_grid);
+  // Only code built for 9.0 or later holds the wait: a kernel JIT-compiled from older PTX (an
+  // 8.0+PTX build on a Hopper GPU) must not start early.
+  const bool overlap = kernel_ptx_version(reinterpret_cast<const void*>(kernel)) >= 90;
+  launch_overlapping_previous(kernel, grid, C::kThreads, stream, p, overlap);
   if (partials.defined()) {
     const int64_t blocks = std::min<int64_t>((p.rows * p.n_dim + 255) / 256, 65535);
     finish_split_k_kernel<T><<<blocks, 256, 0, stream>>>(p.partials, grid.y, p.rows, p.n_dim,
@@ -438,8 +440,8 @@ bool int8_weight_linear_kernel_applies(const at::Tensor& x, const at::Tensor& we
 at::Tensor int8_weight_linear_cuda_kernel(const at::Tensor& x2d, const at::Tensor& weight_int8,
                                           const at::Tensor& weight_absmax,
                                           const at::Tensor& bias, at::Tensor out) {
-  const auto& facts = device_facts(x2d.device().index());
-  const Shape shape{x2d.size(0), weight_int8.size(0), x2d.size(1), facts.multiprocessors, facts.major >= 9};
+  const Shape shape{x2d.size(0), weight_int8.size(0), x2d.size(1),
+                    device_facts(x2d.device().index()).multiprocessors};
   const auto stream = c10::cuda::getCurrentCUDAStream(x2d.device().index()).stream();
   if (x2d.scalar_type() == at::kHalf) {
     launch_for(problem_for<at::Half>(x2d, weight_int8, weight_absmax, bias, out), shape,

@@ -1,4 +1,5 @@
-// Device facts and one full wave of a kernel's blocks, cached per device and kernel (occupancy.h).
+// Device facts, one full wave of a kernel's blocks and a kernel's PTX version, cached per device
+// and kernel (occupancy.h).
 #include "occupancy.h"
 
 #include <c10/cuda/CUDAException.h>
@@ -8,6 +9,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 namespace llmint8 {
 
@@ -37,6 +39,19 @@ int64_t resident_blocks(const void* kernel, int threads, size_t shared_bytes) {
   int blocks_per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, shared_bytes));
   return cache[key] = int64_t(device_facts(device).multiprocessors) * std::max(blocks_per_sm, 1);
+}
+
+int kernel_ptx_version(const void* kernel) {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, int> cache;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(kernel, device);
+  if (const auto hit = cache.find(key); hit != cache.end()) return hit->second;
+  cudaFuncAttributes attributes{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  return cache[key] = attributes.ptxVersion;
 }
 
 }  // namespace llmint8

@@ -1,5 +1,5 @@
-// What launches ask of a GPU (SM count, compute capability, one full wave of a kernel), each
-// answer read from the driver once and kept.
+// What launches ask of a GPU (SM count, compute capability, one full wave of a kernel, the code a
+// kernel was built as), each answer read from the driver once and kept.
 #pragma once
 
 #include <cstddef>
@@ -22,5 +22,10 @@ const DeviceFacts& device_facts(int device);
 // on the current device at once, at least one per SM. The occupancy query costs host time, more
 // than a small launch, so each answer is kept per kernel, device and launch shape.
 int64_t resident_blocks(const void* kernel, int threads, size_t shared_bytes = 0);
+
+// The virtual architecture (major * 10 + minor) whose PTX `kernel`'s code on the current device
+// was compiled from: 80 for code JIT-compiled from compute_80 PTX even on a 9.0 device, so code
+// under `__CUDA_ARCH__ >= 900` is in the kernel exactly when this is >= 90. Kept per kernel and device.
+int kernel_ptx_version(const void* kernel);
 
 }  // namespace llmint8
