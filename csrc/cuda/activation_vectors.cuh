@@ -164,9 +164,6 @@ struct CachedRow {
     }
   }
 
-  // Another row of the same width, still to be loaded.
-  __device__ __forceinline__ void move_to(const T* row) { vectors = reinterpret_cast<const Vector*>(row); }
-
   // visit(v, vector) for each of this thread's vectors: the cached ones from registers, the rest
   // loaded again.
   template <typename Visit>
