@@ -522,7 +522,6 @@ QuantizedActivations quantize_activations(const at::Tensor& x, double threshold,
   return a;
 }
 
-
 // The GEMM side of int8_linear, the step another int8 GEMM can replace: out [*, N] =
 // dequant(a.x_int8 @ weight_int8^T) + bias + a.x_outliers @ (weight's outlier columns)^T.
 // weight_int8, weight_scale and bias (any float dtype, or undefined) arrive contiguous.
