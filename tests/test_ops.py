@@ -574,6 +574,21 @@ def test_fused_int8_linear_finds_outliers_in_any_row_and_column_block(shape, n, 
     assert_fused_equals_composed(x, w_int8, w_absmax, None, THRESHOLD, capacity)
 
 
+# More output tiles than an H100 has SMs, so that each CTA of the Hopper GEMM runs several and its
+# epilogue's double-buffered outlier operands are refilled while the tile before is still being
+# written: 128 x 128 tiles (M <= 1024) and 128 x 256 ones (M > 1024). 20 outlier columns take two
+# of the epilogue's 16-slot chunks, 5 take one; capacity 18 leaves two of the 20 in int8.
+@pytest.mark.parametrize("m,n", [(1000, 4096), (2100, 4096)])
+@pytest.mark.parametrize("outliers,capacity", [(20, 64), (5, 64), (20, 18)])
+def test_fused_int8_linear_over_many_tiles_per_sm(m, n, outliers, capacity, dtype, device):
+    k = 64
+    x = random_activations((m, k), dtype, device, outlier_cols=range(1, k, k // outliers)[:outliers])
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device) * torch.rand(n, 1, device=device))
+    bias = torch.randn(n, device=device).to(dtype)
+    assert ops.outlier_split(x, THRESHOLD, 64)[1].item() == outliers
+    assert_fused_equals_composed(x, w_int8, w_absmax, bias, THRESHOLD, capacity)
+
+
 def test_fused_int8_linear_opcheck_and_bad_input(device):
     x = random_activations((5, 64), torch.float16, device, outlier_cols=[7])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(8, 64, device=device))

@@ -58,6 +58,10 @@ struct DequantizeWithOutliersFragment {
   }
 };
 
+// The cooperative epilogue's own choice (CUTLASS's EpilogueTileAuto), named so that the outlier
+// product can stage its operands by subtile.
+using OutlierEpilogueTile = Shape<_128, _32>;
+
 // Stages = 0: the broadcasts are read once per tile, not pipelined through shared memory.
 // M is arbitrary, so row_absmax promises no vector alignment (a vector load could cross M).
 template <class TileShape>
@@ -78,7 +82,7 @@ using DequantizeTree = fusion::Sm90EVT<
 template <class TileShape, class Out>
 using DequantizeWithOutliersTree = fusion::Sm90EVT<
     fusion::Sm90Compute<DequantizeWithOutliersFragment, Out, float, cutlass::FloatRoundStyle::round_to_nearest>,
-    sm90::OutlierProduct<TileShape, Out>, fusion::Sm90AccFetch, RowAbsmaxBroadcast<TileShape>,
+    sm90::OutlierProduct<TileShape, OutlierEpilogueTile, Out>, fusion::Sm90AccFetch, RowAbsmaxBroadcast<TileShape>,
     PerColumnBroadcast<TileShape>, BiasBroadcast<TileShape, Out>>;
 
 template <class TileShape_, class ClusterShape_, class KernelSchedule_, class EpilogueSchedule_,
@@ -132,12 +136,15 @@ struct ScaledGemm {
   using TileShape = typename Config::TileShape;
   using Fusion = std::conditional_t<kWithOutliers, DequantizeWithOutliersTree<TileShape, Out>,
                                     DequantizeTree<TileShape, Out>>;
+  using EpilogueTile =
+      std::conditional_t<kWithOutliers, OutlierEpilogueTile, cutlass::epilogue::collective::EpilogueTileAuto>;
+  static_assert(kSm90TileRows % size<0>(TileShape{}) == 0 && kSm90MaxTileCols % size<1>(TileShape{}) == 0);
   static constexpr int kAlignmentInt8 = kTmaAlignmentBytes;
   static constexpr int kAlignmentOut = kTmaAlignmentBytes / sizeof(Out);
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape,
-      typename Config::ClusterShape, cutlass::epilogue::collective::EpilogueTileAuto, int32_t,
+      typename Config::ClusterShape, EpilogueTile, int32_t,
       float, ElementC, cutlass::layout::RowMajor, kAlignmentOut, Out, cutlass::layout::RowMajor,
       kAlignmentOut, typename Config::EpilogueSchedule, Fusion>::CollectiveOp;
 
@@ -148,6 +155,9 @@ struct ScaledGemm {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename Epilogue::SharedStorage))>,
       typename Config::KernelSchedule>::CollectiveOp;
+
+  static_assert(!kWithOutliers || Epilogue::LoadPipeline::Stages == sm90::kEpilogueLoadStages,
+                "the outlier product's weight buffers are one per epilogue load stage");
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
                                                       typename Config::TileScheduler>;
@@ -162,9 +172,9 @@ struct ScaledGemmOperands {
   const float* col_absmax;
   const void* bias;
   const void* x_outliers;
-  const void* w_cols_t;
+  const void* w_cols;
   const int32_t* outlier_count;
-  int capacity;
+  OutlierLayout outlier_layout;
   void* out;
   int m, n, k;
 };
@@ -185,9 +195,10 @@ typename ScaledGemm<Config, Out, kWithOutliers>::Gemm::Arguments gemm_arguments(
   typename Kernel::EpilogueArguments epilogue{};
   // Children in DequantizeTree's order, then the compute node's (empty) arguments.
   if constexpr (kWithOutliers) {
-    const typename sm90::OutlierProduct<typename Config::TileShape, Out>::Arguments outliers{
-        static_cast<const Out*>(op.x_outliers), static_cast<const Out*>(op.w_cols_t), op.outlier_count,
-        op.capacity};
+    const auto& layout = op.outlier_layout;
+    const typename sm90::OutlierProduct<typename Config::TileShape, OutlierEpilogueTile, Out>::Arguments outliers{
+        static_cast<const Out*>(op.x_outliers), static_cast<const Out*>(op.w_cols), op.outlier_count,
+        static_cast<int>(layout.capacity), layout.row_blocks, layout.col_blocks};
     epilogue.thread = {outliers, {}, {op.row_absmax}, {op.col_absmax}, {static_cast<const Out*>(op.bias)}, {}};
   } else {
     epilogue.thread = {{}, {op.row_absmax}, {op.col_absmax}, {static_cast<const Out*>(op.bias)}, {}};
@@ -234,19 +245,30 @@ void run_for_outliers(const ScaledGemmOperands& op, const at::Device& device) {
   }
 }
 
-// x_outliers [M, capacity >= 1] and w_cols_t [capacity, N] in out's dtype, read elementwise (no
-// alignment needed), and the outlier count, one int32.
+constexpr int64_t kFragmentBufferAlignment = 256;
+
+void check_fragment_buffer(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Device& device,
+                           int64_t elements) {
+  sm90::check_on_device(t, name, dtype, device);
+  TORCH_CHECK(t.numel() == elements, name, " must hold ", elements, " values, got ", t.numel());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(t.const_data_ptr()) % kFragmentBufferAlignment == 0, name, " must be ",
+              kFragmentBufferAlignment, "-byte aligned");
+}
+
+// x_outliers and w_cols in out's dtype and sm90_outlier_layout (1 <= capacity <=
+// kSm90MaxOutlierSlots), 256-byte aligned for the epilogue's bulk copies, and the outlier count,
+// one int32.
 void check_outlier_operands(const OutlierProductOperands& outliers, at::ScalarType dtype,
                             const at::Device& device, int64_t m, int64_t n) {
-  const auto& x = outliers.x_outliers;
-  const auto& w = outliers.w_cols_t;
-  sm90::check_on_device(x, "x_outliers", dtype, device);
-  TORCH_CHECK(x.dim() == 2 && x.size(0) == m && x.size(1) >= 1 && x.size(1) <= kSm90MaxOutlierSlots,
-              "x_outliers must be [", m, ", capacity] with 1 <= capacity <= ", kSm90MaxOutlierSlots, ", got ",
-              x.sizes());
-  sm90::check_on_device(w, "w_cols_t", dtype, device);
-  TORCH_CHECK(w.dim() == 2 && w.size(0) == x.size(1) && w.size(1) == n, "w_cols_t must be [", x.size(1),
-              ", ", n, "], got ", w.sizes());
+  const auto& layout = outliers.layout;
+  const auto expected = sm90_outlier_layout(m, n, layout.capacity);
+  TORCH_CHECK(layout.capacity >= 1 && layout.capacity <= kSm90MaxOutlierSlots &&
+                  layout.row_blocks == expected.row_blocks && layout.col_blocks == expected.col_blocks &&
+                  layout.n_dim == n,
+              "outlier operands must be laid out by sm90_outlier_layout(", m, ", ", n,
+              ", capacity) with 1 <= capacity <= ", kSm90MaxOutlierSlots);
+  check_fragment_buffer(outliers.x_outliers, "x_outliers", dtype, device, layout.x_elements(m));
+  check_fragment_buffer(outliers.w_cols, "w_cols", dtype, device, layout.w_elements());
   sm90::check_vector_operand(outliers.count, "outlier count", device, 1, at::kInt);
 }
 
@@ -285,9 +307,9 @@ void int8_scaled_gemm_sm90(const at::Tensor& a_int8, const at::Tensor& b_int8,
                               col_absmax.const_data_ptr<float>(),
                               bias.defined() ? bias.const_data_ptr() : nullptr,
                               outliers.defined() ? outliers.x_outliers.const_data_ptr() : nullptr,
-                              outliers.defined() ? outliers.w_cols_t.const_data_ptr() : nullptr,
+                              outliers.defined() ? outliers.w_cols.const_data_ptr() : nullptr,
                               outliers.defined() ? outliers.count.const_data_ptr<int32_t>() : nullptr,
-                              outliers.defined() ? static_cast<int>(outliers.x_outliers.size(1)) : 0,
+                              outliers.layout,
                               out.mutable_data_ptr(),
                               static_cast<int>(m),
                               static_cast<int>(n),

@@ -3,6 +3,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../core/outlier_layout.h"
+
 namespace llmint8 {
 
 // True when the fused sm90 GEMM can run these operands: built with CUTLASS sm90 support, the
@@ -13,13 +15,25 @@ bool int8_scaled_gemm_sm90_applies(const at::Tensor& a_int8, const at::Tensor& b
 
 // The most outlier slots (capacity) the epilogue multiplies: it holds them all in shared memory.
 constexpr int64_t kSm90MaxOutlierSlots = 64;
+// Every tile shape of the GEMM divides these, so that buffers padded to them hold whole tiles.
+constexpr int64_t kSm90TileRows = 128;
+constexpr int64_t kSm90MaxTileCols = 256;
 
-// The outlier columns' 16-bit part of an LLM.int8 product: x_outliers [M, capacity] times
-// w_cols_t [capacity, N] (the weight's outlier columns, dequantized), both in out's dtype, over
-// the first min(count, capacity) slots; count is an int32 on the device; 1 <= capacity <=
-// kSm90MaxOutlierSlots. Undefined: no outliers.
+// The outlier operands' layout the epilogue reads: fragment order, rows and columns padded to
+// whole tiles (every tile's copies stay inside the buffers).
+inline OutlierLayout sm90_outlier_layout(int64_t rows, int64_t n_dim, int64_t capacity) {
+  const int64_t padded_rows = (rows + kSm90TileRows - 1) / kSm90TileRows * kSm90TileRows;
+  const int64_t padded_cols = (n_dim + kSm90MaxTileCols - 1) / kSm90MaxTileCols * kSm90MaxTileCols;
+  return {capacity, n_dim, padded_rows / kFragmentRows, padded_cols / kFragmentCols};
+}
+
+// The outlier columns' 16-bit part of an LLM.int8 product: x_outliers [M, capacity] times w_cols
+// [capacity, N] (the weight's outlier columns, dequantized), both in out's dtype and laid out by
+// sm90_outlier_layout, over the first min(count, capacity) slots; count is an int32 on the
+// device; 1 <= capacity <= kSm90MaxOutlierSlots. Undefined: no outliers.
 struct OutlierProductOperands {
-  at::Tensor x_outliers, w_cols_t, count;
+  at::Tensor x_outliers, w_cols, count;
+  OutlierLayout layout;
   bool defined() const { return x_outliers.defined(); }
 };
 

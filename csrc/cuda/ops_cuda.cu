@@ -233,15 +233,15 @@ constexpr int kRegistersPerSm = 65536;
 // then quantize. Excluded columns arrive as an index list (-1 padded; anything outside [0, cols)
 // is ignored, since checking it would need a host synchronization) and become a bitmask in
 // shared memory. With x_outliers (nullable) the block also copies the listed columns of its row
-// into x_outliers [rows, excluded_count] (zero for ignored entries): outlier_split's gather,
-// done while the row is in cache.
+// into x_outliers [rows, excluded_count] laid out by outlier_layout (zero for ignored entries and
+// padded slots): outlier_split's gather, done while the row is in cache.
 template <typename T, int kWidth, int kCachedVectors>
 __global__ void __launch_bounds__(kMaxCachedVectorsPerBlock / kCachedVectors,
                                   kRegistersPerSm / kQuantizeRegistersPerThread /
                                       (kMaxCachedVectorsPerBlock / kCachedVectors))
 quantize_rows_kernel(const T* __restrict__ x, int64_t cols, const int32_t* __restrict__ excluded_cols,
                      int64_t excluded_count, int8_t* __restrict__ q, float* __restrict__ row_absmax,
-                     T* __restrict__ x_outliers) {
+                     T* __restrict__ x_outliers, OutlierLayout outlier_layout) {
   static_assert(kBitsPerWord % kWidth == 0, "a vector's exclusion bits must share one word");
   extern __shared__ uint32_t excluded_bits[];
   __shared__ float warp_maxima[kMaxCachedVectorsPerBlock / kCachedVectors / kWarpSize];
@@ -268,9 +268,9 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t cols, const int32_t* __res
   float absmax = cached_row.kept_absmax_part(excluded);
 
   if (x_outliers) {
-    for (int64_t slot = threadIdx.x; slot < excluded_count; slot += blockDim.x) {
-      const int32_t col = excluded_cols[slot];
-      x_outliers[row * excluded_count + slot] = col >= 0 && col < cols ? x_row[col] : static_cast<T>(0.0f);
+    for (int64_t slot = threadIdx.x; slot < outlier_layout.stored_slots(); slot += blockDim.x) {
+      const int32_t col = slot < excluded_count ? excluded_cols[slot] : -1;
+      x_outliers[outlier_layout.x_index(row, slot)] = col >= 0 && col < cols ? x_row[col] : static_cast<T>(0.0f);
     }
   }
 
@@ -291,20 +291,23 @@ constexpr int64_t kMaxVectorsForShallowCache = 1024;
 template <typename T, int kWidth, int kCachedVectors>
 void launch_quantize_rows_kernel(const T* x, int64_t rows, int64_t cols, const int32_t* excluded,
                                  int64_t excluded_count, size_t shared_bytes, int8_t* q,
-                                 float* absmax, T* x_outliers, cudaStream_t stream) {
+                                 float* absmax, T* x_outliers, const OutlierLayout& outlier_layout,
+                                 cudaStream_t stream) {
   // As few warps as keep the row in registers: fewer barriers per row, more rows per SM.
   const int64_t threads_wanted = blocks_for(blocks_for(cols / kWidth, kCachedVectors), kWarpSize) * kWarpSize;
   const int threads = static_cast<int>(
       std::clamp<int64_t>(threads_wanted, kWarpSize, kMaxCachedVectorsPerBlock / kCachedVectors));
   quantize_rows_kernel<T, kWidth, kCachedVectors><<<rows, threads, shared_bytes, stream>>>(
-      x, cols, excluded, excluded_count, q, absmax, x_outliers);
+      x, cols, excluded, excluded_count, q, absmax, x_outliers, outlier_layout);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Quantizes x_contig [*, K] row by row into q / absmax, excluding the columns listed in
-// excluded_cols (undefined: none) and, where x_outliers is defined, copying those columns into it.
-void launch_quantize_rows(const at::Tensor& x_contig, const at::Tensor& excluded_cols,
-                          at::Tensor& q, at::Tensor& absmax, const at::Tensor& x_outliers) {
+// excluded_cols (undefined: none) and, where x_outliers is defined, copying those columns into it
+// as outlier_layout places them.
+void launch_quantize_rows(const at::Tensor& x_contig, const at::Tensor& excluded_cols, at::Tensor& q,
+                          at::Tensor& absmax, const at::Tensor& x_outliers = at::Tensor(),
+                          const OutlierLayout& outlier_layout = OutlierLayout()) {
   const int64_t rows = leading_rows(x_contig), cols = x_contig.size(-1);
   if (rows == 0) return;
   const int32_t* excluded = excluded_cols.defined() ? excluded_cols.const_data_ptr<int32_t>() : nullptr;
@@ -323,10 +326,10 @@ void launch_quantize_rows(const at::Tensor& x_contig, const at::Tensor& excluded
       const auto stream = current_stream(x_contig);
       if (cols / kWidth <= kMaxVectorsForShallowCache) {
         launch_quantize_rows_kernel<scalar_t, kWidth, 4>(x, rows, cols, excluded, excluded_count, shared_bytes,
-                                                         q_data, absmax_data, outliers, stream);
+                                                         q_data, absmax_data, outliers, outlier_layout, stream);
       } else {
         launch_quantize_rows_kernel<scalar_t, kWidth, 8>(x, rows, cols, excluded, excluded_count, shared_bytes,
-                                                         q_data, absmax_data, outliers, stream);
+                                                         q_data, absmax_data, outliers, outlier_layout, stream);
       }
     });
   });
@@ -338,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_cuda(const at::Tensor& x,
   auto q = at::empty(x.sizes(), x.options().dtype(at::kChar));
   auto absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
   const auto cols_contig = outlier_cols.has_value() ? outlier_cols->contiguous() : at::Tensor();
-  launch_quantize_rows(x.contiguous(), cols_contig, q, absmax, at::Tensor());
+  launch_quantize_rows(x.contiguous(), cols_contig, q, absmax);
   return {q, absmax};
 }
 
@@ -391,20 +394,22 @@ at::Tensor dequant_outer_cuda(const at::Tensor& acc, const at::Tensor& row_absma
   return out;
 }
 
-// w_cols_t [capacity, N]: the weight columns named by outlier_cols, dequantized in fp32 (zero for
-// padded slots) and stored as Out, transposed so that readers go coalesced along N.
+// w_cols [capacity, N]: the weight columns named by outlier_cols, dequantized in fp32 (zero for
+// padded slots) and stored as Out where layout places them, walked in storage order (row-major:
+// transposed, so that readers go coalesced along N).
 template <typename Out>
-__global__ void gather_weight_columns_kernel(const int8_t* __restrict__ w, int64_t n_dim,
-                                             int64_t k_dim, const float* __restrict__ w_absmax,
-                                             const int32_t* __restrict__ outlier_cols,
-                                             int64_t capacity, Out* __restrict__ w_cols_t) {
-  const int64_t total = capacity * n_dim;
+__global__ void gather_weight_columns_kernel(const int8_t* __restrict__ w, int64_t k_dim,
+                                             const float* __restrict__ w_absmax,
+                                             const int32_t* __restrict__ outlier_cols, OutlierLayout layout,
+                                             Out* __restrict__ w_cols) {
+  const int64_t total = layout.w_elements();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t slot = i / n_dim, n = i % n_dim;
-    const int32_t col = outlier_cols[slot];
-    w_cols_t[i] = static_cast<Out>(
-        col >= 0 ? static_cast<float>(w[n * k_dim + col]) * (w_absmax[n] / kInt8Max) : 0.0f);
+    const auto at = layout.w_position(i);
+    if (at.n >= layout.n_dim) continue;  // fragment order's padding
+    const int32_t col = at.slot < layout.capacity ? outlier_cols[at.slot] : -1;
+    w_cols[i] = static_cast<Out>(
+        col >= 0 ? static_cast<float>(w[at.n * k_dim + col]) * (w_absmax[at.n] / kInt8Max) : 0.0f);
   }
 }
 
@@ -423,7 +428,7 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
                                              int64_t n_dim, const float* __restrict__ row_absmax,
                                              const float* __restrict__ col_absmax, BiasVector bias,
                                              const T* __restrict__ x_outliers,
-                                             const float* __restrict__ w_cols_t,
+                                             const float* __restrict__ w_cols,
                                              const int32_t* __restrict__ count, int64_t capacity,
                                              T* __restrict__ out) {
   __shared__ float x_tile[kEpilogueRows][kSlotsPerPass];
@@ -455,7 +460,7 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
       float weight[kSlotsPerPass];
 #pragma unroll
       for (int j = 0; j < kSlotsPerPass; ++j) {
-        weight[j] = active && first + j < used ? w_cols_t[(first + j) * n_dim + n] : 0.0f;
+        weight[j] = active && first + j < used ? w_cols[(first + j) * n_dim + n] : 0.0f;
       }
 #pragma unroll
       for (int i = 0; i < kEpilogueRows; ++i) {
@@ -471,20 +476,16 @@ __global__ void dequant_with_outliers_kernel(const int32_t* __restrict__ acc, in
   }
 }
 
-
-// The weight columns named by outlier_cols, dequantized as w_cols_t [capacity, N] of dtype.
-at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& weight_scale,
-                                 const at::Tensor& outlier_cols, at::ScalarType dtype) {
-  const int64_t n_dim = weight.size(0), k_dim = weight.size(1), capacity = outlier_cols.numel();
-  auto w_cols_t = at::empty({capacity, n_dim}, weight_scale.options().dtype(dtype));
-  if (w_cols_t.numel() == 0) return w_cols_t;
-  LLMINT8_DISPATCH_FLOAT_TYPES(dtype, "gather_weight_columns", [&] {
-    gather_weight_columns_kernel<<<grid_stride_blocks(capacity * n_dim), kThreads, 0, current_stream(weight)>>>(
-        weight.const_data_ptr<int8_t>(), n_dim, k_dim, weight_scale.const_data_ptr<float>(),
-        outlier_cols.const_data_ptr<int32_t>(), capacity, w_cols_t.mutable_data_ptr<scalar_t>());
+// The weight columns named by outlier_cols, dequantized into w_cols (of its dtype) as layout places them.
+void gather_weight_columns(const at::Tensor& weight, const at::Tensor& weight_scale, const at::Tensor& outlier_cols,
+                           const OutlierLayout& layout, at::Tensor& w_cols) {
+  if (w_cols.numel() == 0) return;
+  LLMINT8_DISPATCH_FLOAT_TYPES(w_cols.scalar_type(), "gather_weight_columns", [&] {
+    gather_weight_columns_kernel<<<grid_stride_blocks(layout.w_elements()), kThreads, 0, current_stream(weight)>>>(
+        weight.const_data_ptr<int8_t>(), weight.size(1), weight_scale.const_data_ptr<float>(),
+        outlier_cols.const_data_ptr<int32_t>(), layout, w_cols.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return w_cols_t;
 }
 
 // Whether int8_linear splits outlier columns off x at all: a threshold that can mark one and a
@@ -492,33 +493,35 @@ at::Tensor gather_weight_columns(const at::Tensor& weight, const at::Tensor& wei
 bool splits_outliers(double threshold, int64_t capacity) { return threshold > 0.0 && capacity > 0; }
 
 // x's split and quantization into x_int8 (int8, x's shape), with the weight's outlier columns (in
-// w_cols_dtype) gathered for the GEMM side: one cooperative launch where it applies
-// (split_and_quantize.cu), else mark -> compact -> quantize (which gathers x_outliers while it
-// reads every row) -> weight gather.
-QuantizedActivations quantize_activations(const at::Tensor& x, double threshold, int64_t capacity,
+// w_cols_dtype) gathered for the GEMM side, both outlier operands laid out by outlier_layout (whose
+// capacity is the split's): one cooperative launch where it applies (split_and_quantize.cu), else
+// mark -> compact -> quantize (which gathers x_outliers while it reads every row) -> weight gather.
+QuantizedActivations quantize_activations(const at::Tensor& x, double threshold, const OutlierLayout& outlier_layout,
                                           const at::Tensor& weight, const at::Tensor& weight_scale,
                                           at::ScalarType w_cols_dtype, at::Tensor x_int8) {
+  const int64_t capacity = outlier_layout.capacity;
   const auto x_contig = x.contiguous();
   QuantizedActivations a;
   a.x_int8 = std::move(x_int8);
   a.x_absmax = at::empty(without_last_dim(x), x.options().dtype(at::kFloat));
   if (!splits_outliers(threshold, capacity)) {
-    launch_quantize_rows(x_contig, a.outlier_cols, a.x_int8, a.x_absmax, a.x_outliers);
+    launch_quantize_rows(x_contig, a.outlier_cols, a.x_int8, a.x_absmax);
     return a;
   }
-  a.x_outliers = at::empty(with_last_dim(x, capacity), x.options());
+  a.outlier_layout = outlier_layout;
+  a.x_outliers = at::empty({outlier_layout.x_elements(leading_rows(x))}, x.options());
+  a.w_cols = at::empty({outlier_layout.w_elements()}, weight_scale.options().dtype(w_cols_dtype));
   if (split_and_quantize_applies(x_contig, capacity)) {
     a.outlier_cols = at::empty({capacity}, x.options().dtype(at::kInt));
     a.outlier_count = at::empty({}, x.options().dtype(at::kInt));
-    a.w_cols_t = at::empty({capacity, weight.size(0)}, weight_scale.options().dtype(w_cols_dtype));
     split_and_quantize(x_contig, threshold, weight, weight_scale, a);
     return a;
   }
   auto outliers = find_outlier_columns(x_contig, threshold, capacity);
   a.outlier_cols = std::move(outliers.cols);
   a.outlier_count = std::move(outliers.count);
-  launch_quantize_rows(x_contig, a.outlier_cols, a.x_int8, a.x_absmax, a.x_outliers);
-  a.w_cols_t = gather_weight_columns(weight, weight_scale, a.outlier_cols, w_cols_dtype);
+  launch_quantize_rows(x_contig, a.outlier_cols, a.x_int8, a.x_absmax, a.x_outliers, outlier_layout);
+  gather_weight_columns(weight, weight_scale, a.outlier_cols, outlier_layout, a.w_cols);
   return a;
 }
 
@@ -536,7 +539,7 @@ void int8_gemm_with_outliers(const QuantizedActivations& a, const at::Tensor& we
         acc.const_data_ptr<int32_t>(), rows, n_dim, a.x_absmax.const_data_ptr<float>(),
         weight_scale.const_data_ptr<float>(), BiasVector::of(bias),
         a.has_outliers() ? a.x_outliers.const_data_ptr<scalar_t>() : nullptr,
-        a.has_outliers() ? a.w_cols_t.const_data_ptr<float>() : nullptr,
+        a.has_outliers() ? a.w_cols.const_data_ptr<float>() : nullptr,
         a.has_outliers() ? a.outlier_count.const_data_ptr<int32_t>() : nullptr, capacity,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -550,7 +553,7 @@ void int8_gemm_with_outliers_sm90(const QuantizedActivations& a, const at::Tenso
   const int64_t rows = leading_rows(a.x_int8), n_dim = weight_int8.size(0);
   auto out2d = out.view({rows, n_dim});
   OutlierProductOperands outliers;
-  if (a.has_outliers()) outliers = {a.x_outliers.view({rows, -1}), a.w_cols_t, a.outlier_count};
+  if (a.has_outliers()) outliers = {a.x_outliers, a.w_cols, a.outlier_count, a.outlier_layout};
   int8_scaled_gemm_sm90(a.x_int8.view({rows, -1}), weight_int8, a.x_absmax.view({rows}), weight_scale,
                         bias, outliers, out2d);
 }
@@ -570,7 +573,10 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   const bool fused_epilogue = int8_scaled_gemm_sm90_applies(x_int8.view({leading_rows(x), x.size(-1)}), weight,
                                                             out.scalar_type()) &&
                               (!splits_outliers(threshold, capacity) || capacity <= kSm90MaxOutlierSlots);
-  const auto activations = quantize_activations(x, threshold, capacity, weight, weight_scale,
+  const int64_t n_dim = weight.size(0);
+  const auto outlier_layout = fused_epilogue ? sm90_outlier_layout(leading_rows(x), n_dim, capacity)
+                                             : OutlierLayout::row_major(capacity, n_dim);
+  const auto activations = quantize_activations(x, threshold, outlier_layout, weight, weight_scale,
                                                 fused_epilogue ? out.scalar_type() : at::kFloat, std::move(x_int8));
   if (fused_epilogue) {
     const auto bias_out = epilogue_bias(bias, out.scalar_type());

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/bfloat16.h>
@@ -14,23 +15,18 @@
 #include <cutlass/epilogue/fusion/sm90_visitor_tma_warpspecialized.hpp>
 #include <cutlass/half.h>
 
+#include "../core/outlier_layout.h"
+
 namespace llmint8::sm90 {
 
-// One mma.sync.m16n8k16: a 16-row block of x_outliers times an 8-column block of the weight's
-// outlier columns over 16 slots.
-constexpr int kMmaRows = 16;
-constexpr int kMmaCols = 8;
-constexpr int kMmaSlots = 16;
-// Two 16-bit values per 32-bit fragment register.
-constexpr int kSlotPairs = kMmaSlots / 2;
-// The most outlier slots the epilogue takes (int8_linear's default capacity): all of them sit in
-// shared memory, so the epilogue's code holds no slower path that its unrolled loops would repeat.
+// The most outlier slots (int8_linear's default capacity) the epilogue takes: all of them fit in
+// its shared memory, so its code holds no slower path that the unrolled subtile loops would repeat.
 constexpr int kMaxEpilogueSlots = 64;
-constexpr int kSlotChunks = kMaxEpilogueSlots / kMmaSlots;
-constexpr int kLanes = 32;
-// The fewest threads an epilogue may run with (one warpgroup), which sizes the staging loops; the
-// cooperative kernels' 256 threads leave half their iterations predicated off.
-constexpr int kMinEpilogueThreads = 128;
+constexpr int kSlotChunks = kMaxEpilogueSlots / kFragmentSlots;
+// The epilogue load pipeline's stages: what CUTLASS's builder gives a cooperative epilogue of at
+// least four subtiles per tile (ScaledGemm checks it).
+constexpr int kEpilogueLoadStages = 4;
+constexpr int kLanes = kFragmentLanes;
 
 // d += a (16x16, row-major fragment) * b (16x8, column-major fragment), fp32 accumulation.
 template <class Out>
@@ -52,76 +48,50 @@ CUTLASS_DEVICE void mma_16x8x16(float (&d)[4], const uint4& a, const uint2& b) {
 #endif
 }
 
-// Two 16-bit values as one fragment register, the first in the low half; zero where not valid.
-template <class Out>
-CUTLASS_DEVICE uint32_t load_pair(const Out* values, int64_t first, bool first_valid, int64_t second,
-                                  bool second_valid) {
-  const uint32_t low = first_valid ? values[first].raw() : 0u;
-  const uint32_t high = second_valid ? values[second].raw() : 0u;
-  return low | (high << 16);
+// 16-slot chunks holding the used slots, min(count, capacity); count may exceed capacity.
+CUTLASS_DEVICE int used_chunks(int32_t count, int capacity) {
+  return (min(count, capacity) + kFragmentSlots - 1) / kFragmentSlots;
 }
 
-// One thread's share of 16 slots of kLines lines (tile rows or columns) of one operand, loaded as
-// slot pairs and stored in fragment order; consecutive threads take what is consecutive in memory,
-// slots (x_outliers' rows) or lines (w_cols_t's columns).
-template <class Out, int kLines, bool kSlotsContiguous>
-struct StagedPairs {
-  static constexpr int kPairs = kLines * kSlotPairs;
-  static constexpr int kPerThread = (kPairs + kMinEpilogueThreads - 1) / kMinEpilogueThreads;
-  uint32_t pairs[kPerThread];
-
-  static CUTLASS_DEVICE int line_of(int i) { return kSlotsContiguous ? i / kSlotPairs : i % kLines; }
-  static CUTLASS_DEVICE int pair_of(int i) { return kSlotsContiguous ? i % kSlotPairs : i / kLines; }
-
-  // offset(line, slot): the slot's index in values, -1 for a line past the output's edge; the
-  // slot after it is slot_stride further on.
-  template <class Offset>
-  CUTLASS_DEVICE void load(const Out* values, Offset offset, int64_t slot_stride, int first_slot, int capacity,
-                           int thread_idx, int threads) {
-    CUTLASS_PRAGMA_UNROLL
-    for (int j = 0; j < kPerThread; ++j) {
-      const int i = thread_idx + j * threads, slot = first_slot + 2 * pair_of(i);
-      const int64_t first = i < kPairs ? offset(line_of(i), slot) : int64_t(-1);
-      const bool line_valid = first >= 0;
-      pairs[j] = load_pair(values, first, line_valid && slot < capacity, first + slot_stride,
-                           line_valid && slot + 1 < capacity);
-    }
-  }
-
-  template <class Word>
-  CUTLASS_DEVICE void store(uint32_t* words, Word fragment_word, int thread_idx, int threads) const {
-    CUTLASS_PRAGMA_UNROLL
-    for (int j = 0; j < kPerThread; ++j) {
-      const int i = thread_idx + j * threads;
-      if (i < kPairs) words[fragment_word(line_of(i), pair_of(i))] = pairs[j];
-    }
-  }
-};
-
-// Per output element (m, n): the sum over the used slots j of x_outliers[m, j] * w_cols_t[j, n],
-// accumulated in fp32 by mma.sync, where used = min(*count, capacity) is read on the device (the
-// host never waits). The wgmma accumulator gives each warp a 16-row block and each thread the
-// mma.sync m16n8 C-fragment positions within it, so a block's product lands in the registers of
-// exactly the threads that hold its accumulators.
-// Each tile stages its rows of x_outliers and its columns' weights in shared memory in fragment
-// order (one 16-byte and one 8-byte load per lane per block), 16 slots at a time up to the used
-// ones; padded slots are zero in both operands. capacity <= kMaxEpilogueSlots.
-template <class TileShape, class Out>
+// Per output element (m, n): the sum over the used slots j of x_outliers[m, j] * w_cols[j, n],
+// accumulated in fp32 by mma.sync; the count of used slots is read on the device (the host never
+// waits). The wgmma accumulator gives each warp a 16-row block and each thread the mma.sync m16n8
+// C-fragment positions within it, so a block's product lands in the registers of exactly the
+// threads that hold its accumulators.
+//
+// Both operands arrive in fragment order (OutlierLayout), and the epilogue's producer warp copies
+// them into shared memory as they stand, while the mainloop runs: the tile's x_outliers rows with
+// its first subtile's load, double-buffered by tile, and each subtile's weight columns with that
+// subtile's load, one buffer per pipeline stage. All shared-memory reads happen in previsit,
+// before the stage's release, which is what lets the producer refill a buffer as soon as the
+// pipeline hands it the stage: the x buffer it fills was last read a whole tile earlier, as the
+// pipeline runs at most kEpilogueLoadStages subtiles ahead.
+template <class TileShape, class EpilogueTile, class Out>
 struct OutlierProduct {
   static constexpr int kTileM = cute::size<0>(TileShape{});
   static constexpr int kTileN = cute::size<1>(TileShape{});
-  static constexpr int kRowBlocks = kTileM / kMmaRows;
-  static constexpr int kColBlocks = kTileN / kMmaCols;
+  static constexpr int kSubtileN = cute::size<1>(EpilogueTile{});
+  static constexpr int kSubtiles = kTileN / kSubtileN;
+  static constexpr int kRowBlocks = kTileM / kFragmentRows;
+  static constexpr int kSubtileColBlocks = kSubtileN / kFragmentCols;
+  static constexpr uint32_t kXChunkBytes = kRowBlocks * kXFragmentElements * sizeof(Out);
+  static constexpr uint32_t kWChunkBytes = kSubtileColBlocks * kWFragmentElements * sizeof(Out);
+  static_assert(cute::size<0>(EpilogueTile{}) == kTileM, "a subtile spans the tile's rows, so x is staged per tile");
+  static_assert(kSubtiles >= kEpilogueLoadStages - 1, "x's two buffers need a tile to span the pipeline's lead");
 
   struct SharedStorage {
-    alignas(16) uint4 x_fragments[kSlotChunks][kRowBlocks][kLanes];
-    alignas(16) uint2 w_fragments[kSlotChunks][kColBlocks][kLanes];
+    alignas(128) uint4 x_fragments[2][kSlotChunks][kRowBlocks][kLanes];
+    alignas(128) uint2 w_fragments[kEpilogueLoadStages][kSlotChunks][kSubtileColBlocks][kLanes];
+    // The chunks staged with each stage, which the consumers read in place of the count.
+    int chunks[kEpilogueLoadStages];
   };
   struct Arguments {
-    const Out* x_outliers = nullptr;  // [M, capacity]
-    const Out* w_cols_t = nullptr;    // [capacity, N]
-    const int32_t* count = nullptr;   // outlier columns found; may exceed capacity
+    const Out* x_fragments = nullptr;  // OutlierLayout's fragment order
+    const Out* w_fragments = nullptr;
+    const int32_t* count = nullptr;    // outlier columns found; may exceed capacity
     int capacity = 0;
+    int64_t row_blocks = 0;
+    int64_t col_blocks = 0;
   };
   using Params = Arguments;
 
@@ -150,171 +120,148 @@ struct OutlierProduct {
   Params params;
   SharedStorage* shared = nullptr;
 
-  CUTLASS_DEVICE bool is_producer_load_needed() const { return false; }
+  CUTLASS_DEVICE bool is_producer_load_needed() const { return true; }
   CUTLASS_DEVICE bool is_C_load_needed() const { return false; }
   CUTLASS_DEVICE bool is_zero() const { return false; }
 
-  template <class... Args>
-  CUTLASS_DEVICE auto get_producer_load_callbacks(cutlass::epilogue::fusion::detail::ProducerLoadArgs<Args...> const&) {
-    return cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks{};
-  }
+  // Which x buffer a tile uses: every tile runs all its subtiles through the pipeline (CUTLASS
+  // 4.2 never splits a tile's epilogue: its stream-K separate reduction is disabled).
+  static CUTLASS_DEVICE int x_buffer(int load_iteration) { return load_iteration / kSubtiles % 2; }
 
-  // Where a thread's values sit: the tile's origin in the output, the thread's mma blocks within
-  // the tile, and its lane's position in them.
-  struct Placement {
-    int tile_m, tile_n;
-    int row_block, col_block;  // of the thread's first element
-    int lane;
-    int m_dim, n_dim;
-  };
+  struct ProducerLoadCallbacks : cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks {
+    CUTLASS_DEVICE ProducerLoadCallbacks(Params const& params, SharedStorage* shared, int tile_m, int tile_n)
+        : params(params), shared(shared), tile_m(tile_m), tile_n(tile_n) {}
 
-  // RelativeCoords: each of the thread's elements as (row, column) offsets from its first one.
-  template <class RelativeCoords>
-  struct ConsumerStoreCallbacks : cutlass::epilogue::fusion::detail::EmptyConsumerStoreCallbacks {
-    CUTLASS_DEVICE ConsumerStoreCallbacks(RelativeCoords coords, Placement at, int thread_idx, int threads,
-                                          Params const& params, SharedStorage* shared)
-        : coords(coords), at(at), thread_idx(thread_idx), threads(threads), params(params), shared(shared) {}
-
-    RelativeCoords coords;  // (CPY,CPY_M,CPY_N,EPI_M,EPI_N)
-    Placement at;
-    int thread_idx, threads;
     Params const& params;
     SharedStorage* shared;
-    // One chunk of 16 slots of both operands, in flight between its loads and its stores.
-    struct ChunkPairs {
-      StagedPairs<Out, kTileM, /*kSlotsContiguous=*/true> x;
-      StagedPairs<Out, kTileN, /*kSlotsContiguous=*/false> w;
-    };
-    ChunkPairs first_chunk;
-    int count = 0;
-    int chunks = 1;  // of 16 slots, holding the used ones (the first is staged whatever the count)
+    int tile_m, tile_n;
+    int chunks = 0;
 
-    // The count's and the first chunk's loads go out here, and land while the other nodes'
-    // begin() read their broadcasts; previsit stores them.
-    CUTLASS_DEVICE void begin() {
-      count = *params.count;
-      load_chunk(0, first_chunk);
-    }
+    CUTLASS_DEVICE void begin() { chunks = used_chunks(*params.count, params.capacity); }
 
-    CUTLASS_DEVICE bool begin_sync_needed() const { return false; }
-
-    // Before the tile's first subtile: the first chunk into shared memory, the other used chunks
-    // loaded and stored, then one barrier of the epilogue's threads.
-    CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int, bool) {
-      if (epi_m != 0 || epi_n != 0) return;
-      store_chunk(0, first_chunk);
-      const int used = min(count, params.capacity);
-      chunks = max(1, (used + kMmaSlots - 1) / kMmaSlots);
-      for (int chunk = 1; chunk < chunks; ++chunk) {
-        ChunkPairs pairs;  // both operands' loads go out before any is stored: one latency per chunk
-        load_chunk(chunk, pairs);
-        store_chunk(chunk, pairs);
+    CUTLASS_DEVICE void step(uint64_t* full_barrier, int epi_m, int epi_n, int load_iteration, bool issue_load) {
+      if (!issue_load) return;
+      const int stage = load_iteration % kEpilogueLoadStages;
+      shared->chunks[stage] = chunks;
+      if (chunks == 0) return;
+      const bool loads_x = epi_m == 0 && epi_n == 0;
+      cutlass::arch::ClusterTransactionBarrier::expect_transaction(
+          full_barrier, chunks * ((loads_x ? kXChunkBytes : 0u) + kWChunkBytes));
+      const int64_t first_row_block = tile_m / kFragmentRows;
+      const int64_t first_col_block = (tile_n + epi_n * kSubtileN) / kFragmentCols;
+      for (int chunk = 0; chunk < chunks; ++chunk) {
+        if (loads_x) {
+          cute::SM90_BULK_COPY_G2S::copy(
+              params.x_fragments + (chunk * params.row_blocks + first_row_block) * kXFragmentElements, full_barrier,
+              shared->x_fragments[x_buffer(load_iteration)][chunk], kXChunkBytes);
+        }
+        cute::SM90_BULK_COPY_G2S::copy(
+            params.w_fragments + (chunk * params.col_blocks + first_col_block) * kWFragmentElements, full_barrier,
+            shared->w_fragments[stage][chunk], kWChunkBytes);
       }
-      cutlass::arch::NamedBarrier::sync(threads, cutlass::arch::ReservedNamedBarriers::EpilogueBarrier);
     }
+  };
 
-    CUTLASS_DEVICE auto x_offset() const {
-      return [this](int row, int slot) {
-        const int64_t m = at.tile_m + row;
-        return m < at.m_dim ? m * params.capacity + slot : int64_t(-1);
-      };
-    }
-    CUTLASS_DEVICE auto w_offset() const {
-      return [this](int col, int slot) {
-        const int64_t n = at.tile_n + col;
-        return n < at.n_dim ? int64_t(slot) * at.n_dim + n : int64_t(-1);
-      };
-    }
+  template <class... Args>
+  CUTLASS_DEVICE auto get_producer_load_callbacks(
+      cutlass::epilogue::fusion::detail::ProducerLoadArgs<Args...> const& args) {
+    const int tile_m = int(cute::get<0>(args.tile_coord_mnkl)) * kTileM;
+    const int tile_n = int(cute::get<1>(args.tile_coord_mnkl)) * kTileN;
+    return ProducerLoadCallbacks(params, shared, tile_m, tile_n);
+  }
 
-    CUTLASS_DEVICE void load_chunk(int chunk, ChunkPairs& pairs) const {
-      const int first_slot = chunk * kMmaSlots;
-      pairs.x.load(params.x_outliers, x_offset(), 1, first_slot, params.capacity, thread_idx, threads);
-      pairs.w.load(params.w_cols_t, w_offset(), at.n_dim, first_slot, params.capacity, thread_idx, threads);
-    }
-    CUTLASS_DEVICE void store_chunk(int chunk, const ChunkPairs& pairs) const {
-      pairs.x.store(reinterpret_cast<uint32_t*>(shared->x_fragments[chunk]), x_fragment_word, thread_idx, threads);
-      pairs.w.store(reinterpret_cast<uint32_t*>(shared->w_fragments[chunk]), w_fragment_word, thread_idx, threads);
-    }
+  // Where a thread's values sit: its first element's mma blocks within the tile, and its lane.
+  struct Placement {
+    int row_block, col_block;
+    int lane;
+  };
 
-    // A fragment: a0 (row g, slots 2t..), a1 (row g + 8), a2 (slots 2t + 8..), a3 (both), for
-    // lane 4g + t.
-    static CUTLASS_DEVICE int x_fragment_word(int row, int pair) {
-      const int lane = (row % 8) * 4 + pair % 4;
-      const int reg = (row % kMmaRows) / 8 + 2 * (pair / 4);
-      return ((row / kMmaRows) * kLanes + lane) * 4 + reg;
+  // An element's place relative to the thread's first one.
+  struct Offset {
+    int row, col;
+    CUTLASS_DEVICE bool starts_block() const { return row % kFragmentRows == 0 && col % kFragmentCols == 0; }
+    CUTLASS_DEVICE bool in_block_of(Offset first) const {
+      return row / kFragmentRows == first.row / kFragmentRows && col / kFragmentCols == first.col / kFragmentCols;
     }
-    // B fragment: b0 (slots 2t.., column g), b1 (slots 2t + 8..), for lane 4g + t.
-    static CUTLASS_DEVICE int w_fragment_word(int col, int pair) {
-      const int lane = (col % kMmaCols) * 4 + pair % 4;
-      return ((col / kMmaCols) * kLanes + lane) * 2 + pair / 4;
-    }
+    // Its register in the block's C fragment: (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1).
+    CUTLASS_DEVICE int c_register() const { return 2 * (row / 8 % 2) + col % 2; }
+  };
 
-    // An element's place relative to the thread's first one.
-    struct Offset {
-      int row, col;
-      CUTLASS_DEVICE bool starts_block() const { return row % kMmaRows == 0 && col % kMmaCols == 0; }
-      CUTLASS_DEVICE bool in_block_of(Offset first) const {
-        return row / kMmaRows == first.row / kMmaRows && col / kMmaCols == first.col / kMmaCols;
-      }
-      // Its register in the block's C fragment: (g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1).
-      CUTLASS_DEVICE int c_register() const { return 2 * (row / 8 % 2) + col % 2; }
-    };
+  // RelativeCoords: each of the thread's elements as (row, column) offsets from its first one,
+  // (CPY,CPY_M,CPY_N,EPI_M,EPI_N).
+  template <class RelativeCoords>
+  struct ConsumerStoreCallbacks : cutlass::epilogue::fusion::detail::EmptyConsumerStoreCallbacks {
+    static constexpr int kSubtileValues =
+        decltype(cute::size(cute::take<0, 3>(cute::shape(std::declval<RelativeCoords>()))))::value;
+    static constexpr int kBlocks = kSubtileValues / 4;
 
-    // The offsets below are compile-time constants once the epilogue's loops unroll: per chunk of
-    // slots, one mma per 16 x 8 block of the fragment, its operands from shared memory.
-    template <typename ElementAccumulator, int FragmentSize>
-    CUTLASS_DEVICE cutlass::Array<float, FragmentSize> visit(cutlass::Array<ElementAccumulator, FragmentSize> const&,
-                                                             int epi_v, int epi_m, int epi_n) {
-      constexpr int kBlocks = FragmentSize / 4;
-      float d[kBlocks][4] = {};
+    CUTLASS_DEVICE ConsumerStoreCallbacks(RelativeCoords coords, Placement at, SharedStorage* shared)
+        : coords(coords), at(at), shared(shared) {}
+
+    RelativeCoords coords;
+    Placement at;
+    SharedStorage* shared;
+    cutlass::Array<float, kSubtileValues> product;
+
+    // The subtile's product, one mma per 16 x 8 block of the thread's values and 16-slot chunk;
+    // the offsets are compile-time constants once the epilogue's loops unroll.
+    CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int load_iteration, bool) {
+      const int stage = load_iteration % kEpilogueLoadStages;
+      const auto& x = shared->x_fragments[x_buffer(load_iteration)];
+      const auto& w = shared->w_fragments[stage];
+      const int first_col_block = at.col_block - epi_n * kSubtileColBlocks;
       auto subtile = coords(cute::_, cute::_, cute::_, epi_m, epi_n);
       auto offset_of = [&](int i) {
-        const auto offset = subtile(epi_v * FragmentSize + i);
+        const auto offset = subtile(i);
         return Offset{int(cute::get<0>(offset)), int(cute::get<1>(offset))};
       };
+      float d[kBlocks][4] = {};
+      const int chunks = shared->chunks[stage];
 #pragma unroll 1
       for (int chunk = 0; chunk < chunks; ++chunk) {
         int block = 0;
         CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < FragmentSize; ++i) {
+        for (int i = 0; i < kSubtileValues; ++i) {
           const Offset first = offset_of(i);
           if (!first.starts_block()) continue;
-          mma_16x8x16<Out>(d[block++], shared->x_fragments[chunk][at.row_block + first.row / kMmaRows][at.lane],
-                           shared->w_fragments[chunk][at.col_block + first.col / kMmaCols][at.lane]);
+          mma_16x8x16<Out>(d[block++], x[chunk][at.row_block + first.row / kFragmentRows][at.lane],
+                           w[chunk][first_col_block + first.col / kFragmentCols][at.lane]);
         }
       }
-      cutlass::Array<float, FragmentSize> product;
       int block = 0;
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < FragmentSize; ++i) {
+      for (int i = 0; i < kSubtileValues; ++i) {
         const Offset first = offset_of(i);
         if (!first.starts_block()) continue;
         CUTLASS_PRAGMA_UNROLL
-        for (int j = 0; j < FragmentSize; ++j) {
+        for (int j = 0; j < kSubtileValues; ++j) {
           const Offset other = offset_of(j);
           if (other.in_block_of(first)) product[j] = d[block][other.c_register()];
         }
         ++block;
       }
-      return product;
+    }
+
+    template <typename ElementAccumulator, int FragmentSize>
+    CUTLASS_DEVICE cutlass::Array<float, FragmentSize> visit(cutlass::Array<ElementAccumulator, FragmentSize> const&,
+                                                             int epi_v, int, int) {
+      cutlass::Array<float, FragmentSize> values;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < FragmentSize; ++i) values[i] = product[epi_v * FragmentSize + i];
+      return values;
     }
   };
 
   template <bool ReferenceSrc, class... Args>
   CUTLASS_DEVICE auto get_consumer_store_callbacks(
       cutlass::epilogue::fusion::detail::ConsumerStoreArgs<Args...> const& args) {
-    const auto [m_dim, n_dim, k_dim, l_dim] = args.problem_shape_mnkl;
     // (M, N) - residue is an origin: the tile's for residue_cD, the thread's for residue_tCcD.
-    const int tile_m = int(m_dim) - int(cute::get<0>(args.residue_cD));
-    const int tile_n = int(n_dim) - int(cute::get<1>(args.residue_cD));
-    const int first_m = int(m_dim) - int(cute::get<0>(args.residue_tCcD)) - tile_m;
-    const int first_n = int(n_dim) - int(cute::get<1>(args.residue_tCcD)) - tile_n;
+    const int first_m = int(cute::get<0>(args.residue_cD)) - int(cute::get<0>(args.residue_tCcD));
+    const int first_n = int(cute::get<1>(args.residue_cD)) - int(cute::get<1>(args.residue_tCcD));
     // The thread's first element is (g, 2t) of its block, g = lane / 4 and t = lane % 4.
     const int lane = args.thread_idx % kLanes;
-    const Placement at{tile_m, tile_n, (first_m - lane / 4) / kMmaRows, (first_n - 2 * (lane % 4)) / kMmaCols,
-                       lane, int(m_dim), int(n_dim)};
-    return ConsumerStoreCallbacks<decltype(args.tCcD)>(args.tCcD, at, args.thread_idx, int(size(args.tiled_copy)),
-                                                       params, shared);
+    const Placement at{(first_m - lane / 4) / kFragmentRows, (first_n - 2 * (lane % 4)) / kFragmentCols, lane};
+    return ConsumerStoreCallbacks<decltype(args.tCcD)>(args.tCcD, at, shared);
   }
 };
 

@@ -37,7 +37,8 @@ constexpr int kTeamCachedVectors = 8;
 constexpr size_t kMaxSharedBytes = 44 * 1024;
 
 struct SplitShape {
-  int64_t rows, cols, capacity, n_dim;
+  int64_t rows, cols, n_dim;
+  OutlierLayout outliers;   // the capacity, and where x_outliers and w_cols keep their slots
   float threshold;
   int column_lanes;         // column scan: threads side by side along a row
   int64_t column_blocks;    // column scan: a block's width of vectors each
@@ -136,7 +137,7 @@ __device__ int64_t build_split(const SplitShape& s, const uint32_t* __restrict__
     seen += tile_total;
     __syncthreads();  // scan_storage is reused by the next tile
   }
-  const int64_t split = min(int64_t(seen), s.capacity);
+  const int64_t split = min(int64_t(seen), s.outliers.capacity);
   for (int64_t w = threadIdx.x; w < words; w += kSplitThreads) {
     uint32_t bits = split_bits[w], kept = 0;
     for (int64_t slot = words_before[w]; bits != 0 && slot < split; ++slot) {
@@ -149,7 +150,7 @@ __device__ int64_t build_split(const SplitShape& s, const uint32_t* __restrict__
   }
   __syncthreads();
   if (blockIdx.x == 0) {
-    for (int64_t slot = threadIdx.x; slot < s.capacity; slot += kSplitThreads) {
+    for (int64_t slot = threadIdx.x; slot < s.outliers.capacity; slot += kSplitThreads) {
       outlier_cols[slot] = slot < split ? slot_cols[slot] : -1;
     }
     if (threadIdx.x == 0) *count = seen;
@@ -157,20 +158,21 @@ __device__ int64_t build_split(const SplitShape& s, const uint32_t* __restrict__
   return split;
 }
 
-// w_cols_t [capacity, N] across the whole grid: the weight's split columns dequantized as
+// w_cols across the whole grid, walked in storage order: the weight's split columns dequantized as
 // gather_weight_columns_kernel does, zero in unused slots (x_outliers is zero there too, but
 // 0 * garbage could be NaN).
 template <typename W>
 __device__ void gather_split_weight_columns(const SplitShape& s, int64_t split, const int32_t* slot_cols,
                                             const int8_t* __restrict__ weight,
-                                            const float* __restrict__ weight_scale, W* __restrict__ w_cols_t) {
-  const int64_t total = s.capacity * s.n_dim;
+                                            const float* __restrict__ weight_scale, W* __restrict__ w_cols) {
+  const int64_t total = s.outliers.w_written_elements(split);
   for (int64_t i = blockIdx.x * int64_t(kSplitThreads) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * kSplitThreads) {
-    const int64_t slot = i / s.n_dim, n = i % s.n_dim;
-    w_cols_t[i] = static_cast<W>(slot < split ? static_cast<float>(weight[n * s.cols + slot_cols[slot]]) *
-                                                    (weight_scale[n] / kInt8Max)
-                                              : 0.0f);
+    const auto at = s.outliers.w_position(i);
+    if (at.n >= s.n_dim) continue;  // fragment order's padding
+    w_cols[i] = static_cast<W>(at.slot < split ? static_cast<float>(weight[at.n * s.cols + slot_cols[at.slot]]) *
+                                                     (weight_scale[at.n] / kInt8Max)
+                                               : 0.0f);
   }
 }
 
@@ -207,8 +209,8 @@ __device__ void quantize_rows_in_teams(const T* __restrict__ x, const SplitShape
     CachedRow<T, kWidth, kTeamCachedVectors> cached_row(x_row, s.cols, lane, team_threads);
     cached_row.load();
     float absmax = cached_row.kept_absmax_part(excluded);
-    for (int64_t slot = lane; slot < s.capacity; slot += team_threads) {
-      x_outliers[row * s.capacity + slot] = slot < split ? x_row[slot_cols[slot]] : static_cast<T>(0.0f);
+    for (int64_t slot = lane; slot < s.outliers.written_slots(split); slot += team_threads) {
+      x_outliers[s.outliers.x_index(row, slot)] = slot < split ? x_row[slot_cols[slot]] : static_cast<T>(0.0f);
     }
     absmax = team_max(absmax, s.team_warps, team, parity, team_maxima);
     parity ^= 1;
@@ -225,7 +227,7 @@ split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __res
                           int8_t* __restrict__ q, float* __restrict__ row_absmax,
                           int32_t* __restrict__ outlier_cols, int32_t* __restrict__ count,
                           T* __restrict__ x_outliers, const int8_t* __restrict__ weight,
-                          const float* __restrict__ weight_scale, W* __restrict__ w_cols_t) {
+                          const float* __restrict__ weight_scale, W* __restrict__ w_cols) {
   // split_bits [words] | words_before [words] | slot_cols [min(capacity, cols)]
   extern __shared__ uint32_t shared_words[];
   __shared__ uint32_t found_in_block[kSplitThreads];
@@ -238,7 +240,7 @@ split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __res
   scan_column_chunks<T, kWidth>(x, s, partial_words, found_in_block);
   cooperative_groups::this_grid().sync();
   const int64_t split = build_split(s, partial_words, split_bits, words_before, slot_cols, outlier_cols, count);
-  gather_split_weight_columns(s, split, slot_cols, weight, weight_scale, w_cols_t);
+  gather_split_weight_columns(s, split, slot_cols, weight, weight_scale, w_cols);
   quantize_rows_in_teams<T, kWidth>(x, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team_maxima);
 }
 
@@ -260,12 +262,12 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
   SplitShape s{};
   s.rows = leading_rows(x);
   s.cols = x.size(-1);
-  s.capacity = a.outlier_cols.numel();
   s.n_dim = weight.size(0);
+  s.outliers = a.outlier_layout;
   s.threshold = threshold;
   const int64_t groups = s.cols / kWidth, words = blocks_for(s.cols, kBitsPerWord);
   s.team_warps = team_warps_for(groups);
-  const size_t shared_bytes = shared_bytes_for(s.cols, s.capacity);
+  const size_t shared_bytes = shared_bytes_for(s.cols, s.outliers.capacity);
   const int64_t resident = resident_blocks(reinterpret_cast<const void*>(kernel), kSplitThreads, shared_bytes);
   s.column_lanes = scan_column_lanes(groups, words, resident);
   s.column_blocks = blocks_for(groups, s.column_lanes);
@@ -278,7 +280,7 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
   s.row_chunks = blocks_for(s.rows, s.rows_per_chunk);
   const int64_t teams = kSplitWarps / s.team_warps;
   const int64_t wanted = std::max({s.column_blocks * s.row_chunks, blocks_for(s.rows, teams),
-                                   blocks_for(s.capacity * s.n_dim, kSplitThreads)});
+                                   blocks_for(s.outliers.stored_slots() * s.n_dim, kSplitThreads)});
   const int grid = static_cast<int>(std::min(resident, wanted));
 
   auto partial_words = at::empty({s.row_chunks * words}, x.options().dtype(at::kInt));
@@ -291,8 +293,8 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
   auto* x_outliers = a.x_outliers.mutable_data_ptr<T>();
   const int8_t* w = weight.const_data_ptr<int8_t>();
   const float* scale = weight_scale.const_data_ptr<float>();
-  auto* w_cols_t = a.w_cols_t.mutable_data_ptr<W>();
-  void* args[] = {&x_data, &s, &partial, &q, &absmax, &cols, &count, &x_outliers, &w, &scale, &w_cols_t};
+  auto* w_cols = a.w_cols.mutable_data_ptr<W>();
+  void* args[] = {&x_data, &s, &partial, &q, &absmax, &cols, &count, &x_outliers, &w, &scale, &w_cols};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, kSplitThreads, args,
                                              shared_bytes, c10::cuda::getCurrentCUDAStream(x.device().index())));
 }
@@ -317,7 +319,7 @@ void split_and_quantize(const at::Tensor& x, double threshold, const at::Tensor&
     using T = scalar_t;
     with_access_width(x.const_data_ptr<T>(), x.size(-1), [&](auto width) {
       constexpr int kWidth = decltype(width)::value;
-      if (a.w_cols_t.scalar_type() == at::kFloat) {
+      if (a.w_cols.scalar_type() == at::kFloat) {
         launch_split_and_quantize<T, kWidth, float>(x, static_cast<float>(threshold), weight, weight_scale, a);
       } else {
         launch_split_and_quantize<T, kWidth, T>(x, static_cast<float>(threshold), weight, weight_scale, a);

@@ -2,17 +2,20 @@
 #define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
 #include <vector>
 
 #include "core/llmint8_core.h"
+#include "core/outlier_layout.h"
 
 using llmint8::compact_outlier_columns;
 using llmint8::dequantize_value;
 using llmint8::inverse_step;
 using llmint8::mark_outlier_columns;
+using llmint8::OutlierLayout;
 using llmint8::quantize_row;
 using llmint8::quantize_value;
 
@@ -87,4 +90,65 @@ TEST_CASE("dequantize_value applies the outer product of scales over 127^2 plus 
   CHECK(dequantize_value(16129, 1.0f, 1.0f, 0.0f) == Approx(1.0f).epsilon(1e-7));
   CHECK(dequantize_value(-16129, 2.0f, 3.0f, 0.5f) == Approx(-5.5f).epsilon(1e-7));
   CHECK(dequantize_value(0, 7.0f, 7.0f, -1.0f) == -1.0f);
+}
+
+TEST_CASE("row-major outlier operands are [rows, capacity] and [capacity, N]") {
+  const auto layout = OutlierLayout::row_major(5, 7);
+  CHECK_FALSE(layout.is_fragment_order());
+  CHECK(layout.stored_slots() == 5);
+  CHECK(layout.x_index(3, 4) == 3 * 5 + 4);
+  CHECK(layout.w_index(4, 6) == 4 * 7 + 6);
+  CHECK(layout.x_elements(3) == 15);
+  CHECK(layout.w_elements() == 35);
+}
+
+// The PTX ISA's mma.m16n8k16 16-bit fragments: lane 4 g + t holds A elements i = 0..7 at row
+// g + 8 ((i / 2) % 2), column 2 t + i % 2 + 8 (i / 4), and B elements i = 0..3 at row (slot)
+// 2 t + i % 2 + 8 (i / 2), column g.
+TEST_CASE("fragment order puts each element where mma.sync's fragments hold it") {
+  const OutlierLayout layout{20, 12, 3, 2};  // 2 chunks, 48 rows, 16 columns
+  REQUIRE(layout.chunks() == 2);
+  REQUIRE(layout.stored_slots() == 32);
+  for (int chunk = 0; chunk < 2; ++chunk) {
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, t = lane % 4;
+      for (int row_block = 0; row_block < 3; ++row_block) {
+        for (int i = 0; i < 8; ++i) {
+          const int64_t row = row_block * 16 + g + 8 * ((i / 2) % 2), slot = chunk * 16 + 2 * t + i % 2 + 8 * (i / 4);
+          CHECK(layout.x_index(row, slot) == (chunk * 3 + row_block) * 256 + lane * 8 + i);
+        }
+      }
+      for (int col_block = 0; col_block < 2; ++col_block) {
+        for (int i = 0; i < 4; ++i) {
+          const int64_t n = col_block * 8 + g, slot = chunk * 16 + 2 * t + i % 2 + 8 * (i / 2);
+          CHECK(layout.w_index(slot, n) == (chunk * 2 + col_block) * 128 + lane * 4 + i);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("fragment order fills its buffers exactly once") {
+  const OutlierLayout layout{40, 24, 16, 32};  // 3 chunks, 256 rows, 256 columns
+  std::vector<int> x_hits(layout.x_elements(256)), w_hits(layout.w_elements());
+  for (int64_t slot = 0; slot < layout.stored_slots(); ++slot) {
+    for (int64_t row = 0; row < 256; ++row) ++x_hits.at(layout.x_index(row, slot));
+    for (int64_t n = 0; n < 256; ++n) ++w_hits.at(layout.w_index(slot, n));
+  }
+  CHECK(std::count(x_hits.begin(), x_hits.end(), 1) == static_cast<int64_t>(x_hits.size()));
+  CHECK(std::count(w_hits.begin(), w_hits.end(), 1) == static_cast<int64_t>(w_hits.size()));
+}
+
+TEST_CASE("w_position walks the weight's columns in storage order") {
+  for (const auto& layout : {OutlierLayout{40, 24, 16, 32}, OutlierLayout::row_major(5, 7)}) {
+    for (int64_t index = 0; index < layout.w_elements(); ++index) {
+      const auto at = layout.w_position(index);
+      CHECK(layout.w_index(at.slot, at.n) == index);
+    }
+  }
+  const OutlierLayout layout{40, 24, 16, 32};
+  CHECK(layout.written_slots(0) == 0);
+  CHECK(layout.written_slots(17) == 32);
+  CHECK(layout.w_written_elements(17) == 2 * 32 * 128);
+  CHECK(OutlierLayout::row_major(5, 7).written_slots(2) == 5);
 }
