@@ -11,6 +11,15 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 
+// The kernels' producers wait for the previous grid (griddepcontrol.wait) before they read global
+// memory, so that run_gemm may launch them to overlap it. CUTLASS_ENABLE_GDC_FOR_SM90, the switch
+// meant for this, also compiles a stream-K scheduler call that CUTLASS 4.2 gets wrong (a const
+// member bound to a non-const reference); the macro it sets, for sm_90a code only, is what the
+// waits need. This header comes before any other CUTLASS include.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CUTLASS_GDC_ENABLED
+#endif
+
 // The collective builders, epilogue visitors and device adapter both GEMMs are made of.
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
@@ -133,7 +142,9 @@ void run_gemm(const typename Gemm::Arguments& arguments, const at::Device& devic
   check_cutlass(Kernel::initialize_workspace(arguments, workspace_data, stream, nullptr), name, "initialize");
   auto params = Kernel::to_underlying_arguments(arguments, workspace_data);
   allow_kernel_shared_memory<Kernel>(device.index(), name);
-  check_cutlass(Gemm::run(params, stream), name, "launch");
+  // The kernel's producers wait for the previous grid before they read global memory (see
+  // CUTLASS_GDC_ENABLED above), so it may start while that grid drains (grid_dependency.cuh).
+  check_cutlass(Gemm::run(params, stream, nullptr, /*launch_with_pdl=*/true), name, "launch");
 }
 
 }  // namespace llmint8::sm90

@@ -22,6 +22,7 @@
 
 #include "../core/llmint8_core.h"
 #include "bias_vector.cuh"
+#include "grid_dependency.cuh"
 #include "occupancy.h"
 
 namespace llmint8 {
@@ -123,24 +124,6 @@ __device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)
         : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
-}
-
-// Programmatic dependent launch (compute capability 9.0): a grid launched with programmatic
-// stream serialization may start while the grid before it drains, up to griddepcontrol.wait,
-// which returns once that grid has finished and its writes are visible. The weight does not
-// depend on earlier kernels, so its first loads go out before the wait, in the previous kernel's
-// tail; x is read only after it. Each block lets the next grid launch as soon as it starts: that
-// grid waits for this one's completion the same way before it reads anything this one writes.
-__device__ __forceinline__ void let_next_grid_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void wait_for_previous_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 __device__ __forceinline__ int lane_group() { return threadIdx.x % kWarpSize / 4; }
@@ -278,6 +261,8 @@ int8_weight_linear_kernel(const Problem<T> p) {
     const int64_t k = k_first + s * kStride;
     if (k < k_end) load_weights(w_rows, n_rows_left, p.k_dim, k, ring[s]);
   }
+  // The weight depends on no earlier kernel, so its first stages load in the previous kernel's
+  // tail; x is read only after the wait.
   wait_for_previous_grid();
   for (int64_t k_turn = k_first; k_turn < k_end; k_turn += kStages * kStride) {
 #pragma unroll

@@ -18,6 +18,7 @@
 #include "../reference.h"
 #include "activation_vectors.cuh"
 #include "bias_vector.cuh"
+#include "grid_dependency.cuh"
 #include "int8_gemm_sm90.h"
 #include "int8_matmul_cublaslt.h"
 #include "int8_weight_linear.h"
@@ -247,6 +248,8 @@ quantize_rows_kernel(const T* __restrict__ x, int64_t cols, const int32_t* __res
   __shared__ float warp_maxima[kMaxCachedVectorsPerBlock / kCachedVectors / kWarpSize];
   __shared__ float step;
 
+  // The GEMM that reads q may start its prologue once this grid's last wave has started.
+  let_next_grid_launch();
   const int64_t row = blockIdx.x;
   const T* x_row = x + row * cols;
   CachedRow<T, kWidth, kCachedVectors> cached_row(x_row, cols, threadIdx.x, blockDim.x);

@@ -201,7 +201,13 @@ struct OutlierProduct {
     RelativeCoords coords;
     Placement at;
     SharedStorage* shared;
-    cutlass::Array<float, kSubtileValues> product;
+    // The subtile's product by mma block, in C-fragment registers: visit picks each value out.
+    float product[kBlocks][4];
+
+    CUTLASS_DEVICE Offset offset_in(int epi_m, int epi_n, int i) const {
+      const auto offset = coords(cute::_, cute::_, cute::_, epi_m, epi_n)(i);
+      return Offset{int(cute::get<0>(offset)), int(cute::get<1>(offset))};
+    }
 
     // The subtile's product, one mma per 16 x 8 block of the thread's values and 16-slot chunk;
     // the offsets are compile-time constants once the epilogue's loops unroll.
@@ -210,44 +216,41 @@ struct OutlierProduct {
       const auto& x = shared->x_fragments[x_buffer(load_iteration)];
       const auto& w = shared->w_fragments[stage];
       const int first_col_block = at.col_block - epi_n * kSubtileColBlocks;
-      auto subtile = coords(cute::_, cute::_, cute::_, epi_m, epi_n);
-      auto offset_of = [&](int i) {
-        const auto offset = subtile(i);
-        return Offset{int(cute::get<0>(offset)), int(cute::get<1>(offset))};
-      };
-      float d[kBlocks][4] = {};
+      CUTLASS_PRAGMA_UNROLL
+      for (int block = 0; block < kBlocks; ++block) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int r = 0; r < 4; ++r) product[block][r] = 0.0f;
+      }
       const int chunks = shared->chunks[stage];
 #pragma unroll 1
       for (int chunk = 0; chunk < chunks; ++chunk) {
         int block = 0;
         CUTLASS_PRAGMA_UNROLL
         for (int i = 0; i < kSubtileValues; ++i) {
-          const Offset first = offset_of(i);
+          const Offset first = offset_in(epi_m, epi_n, i);
           if (!first.starts_block()) continue;
-          mma_16x8x16<Out>(d[block++], x[chunk][at.row_block + first.row / kFragmentRows][at.lane],
+          mma_16x8x16<Out>(product[block++], x[chunk][at.row_block + first.row / kFragmentRows][at.lane],
                            w[chunk][first_col_block + first.col / kFragmentCols][at.lane]);
         }
-      }
-      int block = 0;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kSubtileValues; ++i) {
-        const Offset first = offset_of(i);
-        if (!first.starts_block()) continue;
-        CUTLASS_PRAGMA_UNROLL
-        for (int j = 0; j < kSubtileValues; ++j) {
-          const Offset other = offset_of(j);
-          if (other.in_block_of(first)) product[j] = d[block][other.c_register()];
-        }
-        ++block;
       }
     }
 
     template <typename ElementAccumulator, int FragmentSize>
     CUTLASS_DEVICE cutlass::Array<float, FragmentSize> visit(cutlass::Array<ElementAccumulator, FragmentSize> const&,
-                                                             int epi_v, int, int) {
+                                                             int epi_v, int epi_m, int epi_n) {
       cutlass::Array<float, FragmentSize> values;
+      int block = 0;
       CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < FragmentSize; ++i) values[i] = product[epi_v * FragmentSize + i];
+      for (int i = 0; i < kSubtileValues; ++i) {
+        const Offset first = offset_in(epi_m, epi_n, i);
+        if (!first.starts_block()) continue;
+        CUTLASS_PRAGMA_UNROLL
+        for (int j = 0; j < FragmentSize; ++j) {
+          const Offset other = offset_in(epi_m, epi_n, epi_v * FragmentSize + j);
+          if (other.in_block_of(first)) values[j] = product[block][other.c_register()];
+        }
+        ++block;
+      }
       return values;
     }
   };

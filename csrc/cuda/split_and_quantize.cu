@@ -17,6 +17,7 @@
 #include "../checks.h"
 #include "../dispatch.h"
 #include "activation_vectors.cuh"
+#include "grid_dependency.cuh"
 #include "occupancy.h"
 
 namespace llmint8 {
@@ -237,6 +238,9 @@ split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __res
   auto* words_before = reinterpret_cast<int32_t*>(split_bits + words);
   int32_t* slot_cols = words_before + words;
 
+  // One wave: every block has started, so the GEMM that reads this launch's output may start its
+  // prologue on the SMs that are idle or done.
+  let_next_grid_launch();
   scan_column_chunks<T, kWidth>(x, s, partial_words, found_in_block);
   cooperative_groups::this_grid().sync();
   const int64_t split = build_split(s, partial_words, split_bits, words_before, slot_cols, outlier_cols, count);
