@@ -129,15 +129,19 @@ struct OutlierProduct {
   static CUTLASS_DEVICE int x_buffer(int load_iteration) { return load_iteration / kSubtiles % 2; }
 
   struct ProducerLoadCallbacks : cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks {
-    CUTLASS_DEVICE ProducerLoadCallbacks(Params const& params, SharedStorage* shared, int tile_m, int tile_n)
-        : params(params), shared(shared), tile_m(tile_m), tile_n(tile_n) {}
+    CUTLASS_DEVICE ProducerLoadCallbacks(Params const& params, SharedStorage* shared, int tile_m, int tile_n,
+                                         bool in_problem)
+        : params(params), shared(shared), tile_m(tile_m), tile_n(tile_n), in_problem(in_problem) {}
 
     Params const& params;
     SharedStorage* shared;
     int tile_m, tile_n;
+    // A cluster's grid rounds the tiles up to whole clusters: a tile past the output stores nothing,
+    // and its copies would read past the operands' padding.
+    bool in_problem;
     int chunks = 0;
 
-    CUTLASS_DEVICE void begin() { chunks = used_chunks(*params.count, params.capacity); }
+    CUTLASS_DEVICE void begin() { chunks = in_problem ? used_chunks(*params.count, params.capacity) : 0; }
 
     CUTLASS_DEVICE void step(uint64_t* full_barrier, int epi_m, int epi_n, int load_iteration, bool issue_load) {
       if (!issue_load) return;
@@ -167,7 +171,9 @@ struct OutlierProduct {
       cutlass::epilogue::fusion::detail::ProducerLoadArgs<Args...> const& args) {
     const int tile_m = int(cute::get<0>(args.tile_coord_mnkl)) * kTileM;
     const int tile_n = int(cute::get<1>(args.tile_coord_mnkl)) * kTileN;
-    return ProducerLoadCallbacks(params, shared, tile_m, tile_n);
+    const bool in_problem =
+        tile_m < int(cute::get<0>(args.problem_shape_mnkl)) && tile_n < int(cute::get<1>(args.problem_shape_mnkl));
+    return ProducerLoadCallbacks(params, shared, tile_m, tile_n, in_problem);
   }
 
   // Where a thread's values sit: its first element's mma blocks within the tile, and its lane.
