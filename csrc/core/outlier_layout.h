@@ -20,6 +20,11 @@ constexpr int kFragmentLanes = 32;
 constexpr int kXFragmentElements = kFragmentRows * kFragmentSlots;  // 512 bytes of 16-bit values
 constexpr int kWFragmentElements = kFragmentCols * kFragmentSlots;  // 256 bytes
 
+// Chunks of kFragmentSlots that hold `slots` slots.
+LLMINT8_HOST_DEVICE constexpr int64_t chunks_for(int64_t slots) {
+  return (slots + kFragmentSlots - 1) / kFragmentSlots;
+}
+
 // x_outliers (row, slot) and the weight's outlier columns (slot, n) as offsets into their
 // buffers. Row-major: [rows, capacity] and [capacity, N]. Fragment order: row_blocks 16-row blocks
 // and col_blocks 8-column blocks (both padded past the matrix to whole GEMM tiles, whose padding
@@ -34,7 +39,7 @@ struct OutlierLayout {
   static OutlierLayout row_major(int64_t capacity, int64_t n_dim) { return {capacity, n_dim, 0, 0}; }
 
   LLMINT8_HOST_DEVICE bool is_fragment_order() const { return row_blocks > 0; }
-  LLMINT8_HOST_DEVICE int64_t chunks() const { return (capacity + kFragmentSlots - 1) / kFragmentSlots; }
+  LLMINT8_HOST_DEVICE int64_t chunks() const { return chunks_for(capacity); }
   // Slots each row of x_outliers and each weight column has in memory.
   LLMINT8_HOST_DEVICE int64_t stored_slots() const {
     return is_fragment_order() ? chunks() * kFragmentSlots : capacity;
@@ -50,11 +55,11 @@ struct OutlierLayout {
   // used chunks (the epilogue reads no further), row-major keeps every slot defined.
   LLMINT8_HOST_DEVICE int64_t written_slots(int64_t split) const {
     if (!is_fragment_order()) return capacity;
-    return (split + kFragmentSlots - 1) / kFragmentSlots * kFragmentSlots;
+    return chunks_for(split) * kFragmentSlots;
   }
   // Elements of the weight's columns that hold written_slots(split) slots: a prefix of the buffer.
   LLMINT8_HOST_DEVICE int64_t w_written_elements(int64_t split) const {
-    return is_fragment_order() ? written_slots(split) / kFragmentSlots * col_blocks * kWFragmentElements
+    return is_fragment_order() ? chunks_for(split) * col_blocks * kWFragmentElements
                                : capacity * n_dim;
   }
 

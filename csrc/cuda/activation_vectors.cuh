@@ -1,5 +1,5 @@
-// Device helpers for kernels that read activations in 16-byte vectors: loads, outlier tests and
-// row quantization shared by the op kernels (ops_cuda.cu) and the fused split (split_and_quantize.cu).
+// Device helpers shared by the op kernels (ops_cuda.cu) and the fused split (split_and_quantize.cu):
+// 16-byte activation loads, outlier tests, row quantization and the weight's outlier-column gather.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "../core/llmint8_core.h"
+#include "../core/outlier_layout.h"
 
 namespace llmint8 {
 
@@ -193,5 +194,23 @@ struct CachedRow {
     for_each([&](int64_t v, const Vector& vector) { q_vectors[v] = quantize_packed(vector, excluded(v), step); });
   }
 };
+
+// The weight's outlier columns, dequantized, into w_cols laid out by `layout`: the grid's threads
+// walk the buffer's first `elements` values in storage order, so that stores are contiguous.
+// column_of_slot(slot) names the column a slot holds, or -1 for an unused slot, which gets zero
+// (x_outliers is zero there too, but 0 * garbage could be NaN).
+template <typename W, typename ColumnOfSlot>
+__device__ __forceinline__ void gather_weight_columns(const OutlierLayout& layout, int64_t elements,
+                                                      ColumnOfSlot column_of_slot, const int8_t* __restrict__ weight,
+                                                      int64_t k_dim, const float* __restrict__ weight_scale,
+                                                      W* __restrict__ w_cols) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < elements; i += int64_t(gridDim.x) * blockDim.x) {
+    const auto at = layout.w_position(i);
+    if (at.n >= layout.n_dim) continue;  // fragment order's padding
+    const int32_t col = column_of_slot(at.slot);
+    w_cols[i] = static_cast<W>(col >= 0 ? static_cast<float>(weight[at.n * k_dim + col]) * (weight_scale[at.n] / kInt8Max)
+                                        : 0.0f);
+  }
+}
 
 }  // namespace llmint8

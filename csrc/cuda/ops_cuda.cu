@@ -405,15 +405,9 @@ __global__ void gather_weight_columns_kernel(const int8_t* __restrict__ w, int64
                                              const float* __restrict__ w_absmax,
                                              const int32_t* __restrict__ outlier_cols, OutlierLayout layout,
                                              Out* __restrict__ w_cols) {
-  const int64_t total = layout.w_elements();
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const auto at = layout.w_position(i);
-    if (at.n >= layout.n_dim) continue;  // fragment order's padding
-    const int32_t col = at.slot < layout.capacity ? outlier_cols[at.slot] : -1;
-    w_cols[i] = static_cast<Out>(
-        col >= 0 ? static_cast<float>(w[at.n * k_dim + col]) * (w_absmax[at.n] / kInt8Max) : 0.0f);
-  }
+  gather_weight_columns(
+      layout, layout.w_elements(),
+      [&](int64_t slot) { return slot < layout.capacity ? outlier_cols[slot] : -1; }, w, k_dim, w_absmax, w_cols);
 }
 
 // Rows per thread in the fused epilogue: each weight-column value is loaded once into a register

@@ -48,11 +48,6 @@ CUTLASS_DEVICE void mma_16x8x16(float (&d)[4], const uint4& a, const uint2& b) {
 #endif
 }
 
-// 16-slot chunks holding the used slots, min(count, capacity); count may exceed capacity.
-CUTLASS_DEVICE int used_chunks(int32_t count, int capacity) {
-  return (min(count, capacity) + kFragmentSlots - 1) / kFragmentSlots;
-}
-
 // Per output element (m, n): the sum over the used slots j of x_outliers[m, j] * w_cols[j, n],
 // accumulated in fp32 by mma.sync; the count of used slots is read on the device (the host never
 // waits). The wgmma accumulator gives each warp a 16-row block and each thread the mma.sync m16n8
@@ -127,6 +122,8 @@ struct OutlierProduct {
   // Which x buffer a tile uses: every tile runs all its subtiles through the pipeline (CUTLASS
   // 4.2 never splits a tile's epilogue: its stream-K separate reduction is disabled).
   static CUTLASS_DEVICE int x_buffer(int load_iteration) { return load_iteration / kSubtiles % 2; }
+  // The pipeline stage, and so the weight-column buffer, of a subtile's load.
+  static CUTLASS_DEVICE int stage_of(int load_iteration) { return load_iteration % kEpilogueLoadStages; }
 
   struct ProducerLoadCallbacks : cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks {
     CUTLASS_DEVICE ProducerLoadCallbacks(Params const& params, SharedStorage* shared, int tile_m, int tile_n,
@@ -141,11 +138,12 @@ struct OutlierProduct {
     bool in_problem;
     int chunks = 0;
 
-    CUTLASS_DEVICE void begin() { chunks = in_problem ? used_chunks(*params.count, params.capacity) : 0; }
+    // The used slots are min(count, capacity): count may exceed capacity.
+    CUTLASS_DEVICE void begin() { chunks = in_problem ? int(chunks_for(min(*params.count, params.capacity))) : 0; }
 
     CUTLASS_DEVICE void step(uint64_t* full_barrier, int epi_m, int epi_n, int load_iteration, bool issue_load) {
       if (!issue_load) return;
-      const int stage = load_iteration % kEpilogueLoadStages;
+      const int stage = stage_of(load_iteration);
       shared->chunks[stage] = chunks;
       if (chunks == 0) return;
       const bool loads_x = epi_m == 0 && epi_n == 0;
@@ -218,7 +216,7 @@ struct OutlierProduct {
     // The subtile's product, one mma per 16 x 8 block of the thread's values and 16-slot chunk;
     // the offsets are compile-time constants once the epilogue's loops unroll.
     CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int load_iteration, bool) {
-      const int stage = load_iteration % kEpilogueLoadStages;
+      const int stage = stage_of(load_iteration);
       const auto& x = shared->x_fragments[x_buffer(load_iteration)];
       const auto& w = shared->w_fragments[stage];
       const int first_col_block = at.col_block - epi_n * kSubtileColBlocks;

@@ -38,8 +38,8 @@ constexpr int kTeamCachedVectors = 8;
 constexpr size_t kMaxSharedBytes = 44 * 1024;
 
 struct SplitShape {
-  int64_t rows, cols, n_dim;
-  OutlierLayout outliers;   // the capacity, and where x_outliers and w_cols keep their slots
+  int64_t rows, cols;
+  OutlierLayout outliers;   // the capacity, N, and where x_outliers and w_cols keep their slots
   float threshold;
   int column_lanes;         // column scan: threads side by side along a row
   int64_t column_blocks;    // column scan: a block's width of vectors each
@@ -159,24 +159,6 @@ __device__ int64_t build_split(const SplitShape& s, const uint32_t* __restrict__
   return split;
 }
 
-// w_cols across the whole grid, walked in storage order: the weight's split columns dequantized as
-// gather_weight_columns_kernel does, zero in unused slots (x_outliers is zero there too, but
-// 0 * garbage could be NaN).
-template <typename W>
-__device__ void gather_split_weight_columns(const SplitShape& s, int64_t split, const int32_t* slot_cols,
-                                            const int8_t* __restrict__ weight,
-                                            const float* __restrict__ weight_scale, W* __restrict__ w_cols) {
-  const int64_t total = s.outliers.w_written_elements(split);
-  for (int64_t i = blockIdx.x * int64_t(kSplitThreads) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * kSplitThreads) {
-    const auto at = s.outliers.w_position(i);
-    if (at.n >= s.n_dim) continue;  // fragment order's padding
-    w_cols[i] = static_cast<W>(at.slot < split ? static_cast<float>(weight[at.n * s.cols + slot_cols[at.slot]]) *
-                                                     (weight_scale[at.n] / kInt8Max)
-                                               : 0.0f);
-  }
-}
-
 // Max over a team of team_warps warps (valid in every thread of the team). Teams of one warp
 // need no barrier; larger ones meet at named barrier 1 + team, with maxima double-buffered by row
 // parity so that a warp a row ahead cannot overwrite a value another warp has yet to read.
@@ -244,7 +226,9 @@ split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __res
   scan_column_chunks<T, kWidth>(x, s, partial_words, found_in_block);
   cooperative_groups::this_grid().sync();
   const int64_t split = build_split(s, partial_words, split_bits, words_before, slot_cols, outlier_cols, count);
-  gather_split_weight_columns(s, split, slot_cols, weight, weight_scale, w_cols);
+  gather_weight_columns(
+      s.outliers, s.outliers.w_written_elements(split),
+      [&](int64_t slot) { return slot < split ? slot_cols[slot] : -1; }, weight, s.cols, weight_scale, w_cols);
   quantize_rows_in_teams<T, kWidth>(x, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team_maxima);
 }
 
@@ -266,7 +250,6 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
   SplitShape s{};
   s.rows = leading_rows(x);
   s.cols = x.size(-1);
-  s.n_dim = weight.size(0);
   s.outliers = a.outlier_layout;
   s.threshold = threshold;
   const int64_t groups = s.cols / kWidth, words = blocks_for(s.cols, kBitsPerWord);
@@ -284,7 +267,7 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
   s.row_chunks = blocks_for(s.rows, s.rows_per_chunk);
   const int64_t teams = kSplitWarps / s.team_warps;
   const int64_t wanted = std::max({s.column_blocks * s.row_chunks, blocks_for(s.rows, teams),
-                                   blocks_for(s.outliers.stored_slots() * s.n_dim, kSplitThreads)});
+                                   blocks_for(s.outliers.stored_slots() * s.outliers.n_dim, kSplitThreads)});
   const int grid = static_cast<int>(std::min(resident, wanted));
 
   auto partial_words = at::empty({s.row_chunks * words}, x.options().dtype(at::kInt));
