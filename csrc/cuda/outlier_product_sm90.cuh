@@ -73,12 +73,13 @@ struct OutlierProduct {
   static constexpr uint32_t kWChunkBytes = kSubtileColBlocks * kWFragmentElements * sizeof(Out);
   static_assert(cute::size<0>(EpilogueTile{}) == kTileM, "a subtile spans the tile's rows, so x is staged per tile");
   static_assert(kSubtiles >= kEpilogueLoadStages - 1, "x's two buffers need a tile to span the pipeline's lead");
+  static_assert(kSubtiles % kEpilogueLoadStages == 0, "every tile's first subtile takes the pipeline's first stage");
 
   struct SharedStorage {
     alignas(128) uint4 x_fragments[2][kSlotChunks][kRowBlocks][kLanes];
     alignas(128) uint2 w_fragments[kEpilogueLoadStages][kSlotChunks][kSubtileColBlocks][kLanes];
-    // The chunks staged with each stage, which the consumers read in place of the count.
-    int chunks[kEpilogueLoadStages];
+    // The chunks staged for the tile in each x buffer, which the consumers read in place of the count.
+    int tile_chunks[2];
   };
   struct Arguments {
     const Out* x_fragments = nullptr;  // OutlierLayout's fragment order
@@ -119,11 +120,13 @@ struct OutlierProduct {
   CUTLASS_DEVICE bool is_C_load_needed() const { return false; }
   CUTLASS_DEVICE bool is_zero() const { return false; }
 
-  // Which x buffer a tile uses: every tile runs all its subtiles through the pipeline (CUTLASS
-  // 4.2 never splits a tile's epilogue: its stream-K separate reduction is disabled).
+  // Which x buffer a tile uses, and the pipeline stage (so the weight-column buffer) of a subtile:
+  // every tile runs all its subtiles through the pipeline (CUTLASS 4.2 never splits a tile's
+  // epilogue: its stream-K separate reduction is disabled), so a subtile's stage is known at
+  // compile time once the epilogue's loops unroll.
   static CUTLASS_DEVICE int x_buffer(int load_iteration) { return load_iteration / kSubtiles % 2; }
-  // The pipeline stage, and so the weight-column buffer, of a subtile's load.
-  static CUTLASS_DEVICE int stage_of(int load_iteration) { return load_iteration % kEpilogueLoadStages; }
+  static CUTLASS_DEVICE int stage_of(int epi_n) { return epi_n % kEpilogueLoadStages; }
+  static CUTLASS_DEVICE bool is_first_subtile(int epi_m, int epi_n) { return epi_m == 0 && epi_n == 0; }
 
   struct ProducerLoadCallbacks : cutlass::epilogue::fusion::detail::EmptyProducerLoadCallbacks {
     CUTLASS_DEVICE ProducerLoadCallbacks(Params const& params, SharedStorage* shared, int tile_m, int tile_n,
@@ -143,10 +146,10 @@ struct OutlierProduct {
 
     CUTLASS_DEVICE void step(uint64_t* full_barrier, int epi_m, int epi_n, int load_iteration, bool issue_load) {
       if (!issue_load) return;
-      const int stage = stage_of(load_iteration);
-      shared->chunks[stage] = chunks;
+      const bool loads_x = is_first_subtile(epi_m, epi_n);
+      if (loads_x) shared->tile_chunks[x_buffer(load_iteration)] = chunks;
       if (chunks == 0) return;
-      const bool loads_x = epi_m == 0 && epi_n == 0;
+      const int stage = stage_of(epi_n);
       cutlass::arch::ClusterTransactionBarrier::expect_transaction(
           full_barrier, chunks * ((loads_x ? kXChunkBytes : 0u) + kWChunkBytes));
       const int64_t first_row_block = tile_m / kFragmentRows;
@@ -205,6 +208,9 @@ struct OutlierProduct {
     RelativeCoords coords;
     Placement at;
     SharedStorage* shared;
+    // The tile's x buffer and used chunks, read at its first subtile.
+    int tile_x_buffer = 0;
+    int chunks = 0;
     // The subtile's product by mma block, in C-fragment registers: visit picks each value out.
     float product[kBlocks][4];
 
@@ -216,16 +222,18 @@ struct OutlierProduct {
     // The subtile's product, one mma per 16 x 8 block of the thread's values and 16-slot chunk;
     // the offsets are compile-time constants once the epilogue's loops unroll.
     CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int load_iteration, bool) {
-      const int stage = stage_of(load_iteration);
-      const auto& x = shared->x_fragments[x_buffer(load_iteration)];
-      const auto& w = shared->w_fragments[stage];
+      if (is_first_subtile(epi_m, epi_n)) {
+        tile_x_buffer = x_buffer(load_iteration);
+        chunks = shared->tile_chunks[tile_x_buffer];
+      }
+      const auto& x = shared->x_fragments[tile_x_buffer];
+      const auto& w = shared->w_fragments[stage_of(epi_n)];
       const int first_col_block = at.col_block - epi_n * kSubtileColBlocks;
       CUTLASS_PRAGMA_UNROLL
       for (int block = 0; block < kBlocks; ++block) {
         CUTLASS_PRAGMA_UNROLL
         for (int r = 0; r < 4; ++r) product[block][r] = 0.0f;
       }
-      const int chunks = shared->chunks[stage];
 #pragma unroll 1
       for (int chunk = 0; chunk < chunks; ++chunk) {
         int block = 0;
