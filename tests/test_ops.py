@@ -553,6 +553,18 @@ def test_fused_int8_linear_with_many_outlier_columns(shape, n, outliers, capacit
     assert_fused_equals_composed(x, w_int8, w_absmax, bias, THRESHOLD, capacity)
 
 
+# Threshold 6 on inputs that have no outlier column: the Hopper epilogue then multiplies one chunk
+# of zeros, which the split must have written (garbage there could make 0 * NaN), in each row bucket.
+@pytest.mark.parametrize("shape,n", [((100, 256), 136), ((300, 512), 264), ((1100, 128), 72)])
+@pytest.mark.parametrize("capacity", [64, 5])
+def test_fused_int8_linear_with_no_outlier_present(shape, n, capacity, dtype, device):
+    x = random_activations(shape, dtype, device).clamp(-5.0, 5.0)  # |x| < 6 with certainty, not just likely
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, shape[-1], device=device))
+    bias = torch.randn(n, device=device).to(dtype)
+    assert ops.outlier_split(x, THRESHOLD, capacity)[1].item() == 0
+    assert_fused_equals_composed(x, w_int8, w_absmax, bias, THRESHOLD, capacity)
+
+
 # On CUDA the split runs in one launch that scans x in row chunks and, past a block's width of
 # vectors, column blocks: each outlier sits in a single row, spread over the chunks, in columns
 # spread over the blocks. Capacity 3 splits off the first three and leaves the fourth in int8.

@@ -24,6 +24,10 @@ constexpr int kWFragmentElements = kFragmentCols * kFragmentSlots;  // 256 bytes
 LLMINT8_HOST_DEVICE constexpr int64_t chunks_for(int64_t slots) {
   return (slots + kFragmentSlots - 1) / kFragmentSlots;
 }
+// Chunks that fragment order's writers fill when `used` slots hold split columns: at least one,
+// zeros when none is used, so that the Hopper epilogue always multiplies a defined chunk and its
+// per-subtile code holds no separate path for a layer without outliers.
+LLMINT8_HOST_DEVICE constexpr int64_t written_chunks(int64_t used) { return used > 0 ? chunks_for(used) : 1; }
 
 // x_outliers (row, slot) and the weight's outlier columns (slot, n) as offsets into their
 // buffers. Row-major: [rows, capacity] and [capacity, N]. Fragment order: row_blocks 16-row blocks
@@ -51,15 +55,15 @@ struct OutlierLayout {
     return is_fragment_order() ? chunks() * col_blocks * kWFragmentElements : capacity * n_dim;
   }
 
-  // Slots that must hold values or zeros when split columns are used: fragment order needs only the
-  // used chunks (the epilogue reads no further), row-major keeps every slot defined.
+  // Slots that must hold values or zeros when `split` columns are used: fragment order needs only
+  // written_chunks (the epilogue reads no further), row-major keeps every slot defined.
   LLMINT8_HOST_DEVICE int64_t written_slots(int64_t split) const {
     if (!is_fragment_order()) return capacity;
-    return chunks_for(split) * kFragmentSlots;
+    return written_chunks(split) * kFragmentSlots;
   }
   // Elements of the weight's columns that hold written_slots(split) slots: a prefix of the buffer.
   LLMINT8_HOST_DEVICE int64_t w_written_elements(int64_t split) const {
-    return is_fragment_order() ? chunks_for(split) * col_blocks * kWFragmentElements
+    return is_fragment_order() ? written_chunks(split) * col_blocks * kWFragmentElements
                                : capacity * n_dim;
   }
 

@@ -28,22 +28,20 @@ constexpr int kSlotChunks = kMaxEpilogueSlots / kFragmentSlots;
 constexpr int kEpilogueLoadStages = 4;
 constexpr int kLanes = kFragmentLanes;
 
-// d += a (16x16, row-major fragment) * b (16x8, column-major fragment), fp32 accumulation.
+// d = c + a (16x16, row-major fragment) * b (16x8, column-major fragment), fp32 accumulation.
 template <class Out>
-CUTLASS_DEVICE void mma_16x8x16(float (&d)[4], const uint4& a, const uint2& b) {
+CUTLASS_DEVICE void mma_16x8x16(float (&d)[4], const uint4& a, const uint2& b, const float (&c)[4]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   if constexpr (std::is_same_v<Out, cutlass::half_t>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b.x), "r"(b.y));
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b.x), "r"(b.y), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
   } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b.x), "r"(b.y));
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b.x), "r"(b.y), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
   }
 #endif
 }
@@ -142,13 +140,15 @@ struct OutlierProduct {
     int chunks = 0;
 
     // The used slots are min(count, capacity): count may exceed capacity.
-    CUTLASS_DEVICE void begin() { chunks = in_problem ? int(chunks_for(min(*params.count, params.capacity))) : 0; }
+    CUTLASS_DEVICE void begin() { chunks = int(written_chunks(min(*params.count, params.capacity))); }
 
     CUTLASS_DEVICE void step(uint64_t* full_barrier, int epi_m, int epi_n, int load_iteration, bool issue_load) {
       if (!issue_load) return;
       const bool loads_x = is_first_subtile(epi_m, epi_n);
       if (loads_x) shared->tile_chunks[x_buffer(load_iteration)] = chunks;
-      if (chunks == 0) return;
+      // A tile past the output copies nothing: its consumers multiply stale buffers into outputs
+      // that are never stored.
+      if (!in_problem) return;
       const int stage = stage_of(epi_n);
       cutlass::arch::ClusterTransactionBarrier::expect_transaction(
           full_barrier, chunks * ((loads_x ? kXChunkBytes : 0u) + kWChunkBytes));
@@ -219,8 +219,29 @@ struct OutlierProduct {
       return Offset{int(cute::get<0>(offset)), int(cute::get<1>(offset))};
     }
 
-    // The subtile's product, one mma per 16 x 8 block of the thread's values and 16-slot chunk;
-    // the offsets are compile-time constants once the epilogue's loops unroll.
+    // One chunk's share of the subtile's product, one mma per 16 x 8 block of the thread's values;
+    // the first chunk's starts from zero, so the product needs no clearing. The offsets are
+    // compile-time constants once the epilogue's loops unroll.
+    template <bool kFirstChunk, class XChunk, class WChunk>
+    CUTLASS_DEVICE void multiply_chunk(const XChunk& x, const WChunk& w, int epi_m, int epi_n) {
+      const float zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const int first_col_block = at.col_block - epi_n * kSubtileColBlocks;
+      int block = 0;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < kSubtileValues; ++i) {
+        const Offset first = offset_in(epi_m, epi_n, i);
+        if (!first.starts_block()) continue;
+        float(&d)[4] = product[block++];
+        const uint4& a = x[at.row_block + first.row / kFragmentRows][at.lane];
+        const uint2& b = w[first_col_block + first.col / kFragmentCols][at.lane];
+        if constexpr (kFirstChunk) {
+          mma_16x8x16<Out>(d, a, b, zero);
+        } else {
+          mma_16x8x16<Out>(d, a, b, d);
+        }
+      }
+    }
+
     CUTLASS_DEVICE void previsit(int epi_m, int epi_n, int load_iteration, bool) {
       if (is_first_subtile(epi_m, epi_n)) {
         tile_x_buffer = x_buffer(load_iteration);
@@ -228,23 +249,9 @@ struct OutlierProduct {
       }
       const auto& x = shared->x_fragments[tile_x_buffer];
       const auto& w = shared->w_fragments[stage_of(epi_n)];
-      const int first_col_block = at.col_block - epi_n * kSubtileColBlocks;
-      CUTLASS_PRAGMA_UNROLL
-      for (int block = 0; block < kBlocks; ++block) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int r = 0; r < 4; ++r) product[block][r] = 0.0f;
-      }
+      multiply_chunk<true>(x[0], w[0], epi_m, epi_n);  // written_chunks: there is always one
 #pragma unroll 1
-      for (int chunk = 0; chunk < chunks; ++chunk) {
-        int block = 0;
-        CUTLASS_PRAGMA_UNROLL
-        for (int i = 0; i < kSubtileValues; ++i) {
-          const Offset first = offset_in(epi_m, epi_n, i);
-          if (!first.starts_block()) continue;
-          mma_16x8x16<Out>(product[block++], x[chunk][at.row_block + first.row / kFragmentRows][at.lane],
-                           w[chunk][first_col_block + first.col / kFragmentCols][at.lane]);
-        }
-      }
+      for (int chunk = 1; chunk < chunks; ++chunk) multiply_chunk<false>(x[chunk], w[chunk], epi_m, epi_n);
     }
 
     template <typename ElementAccumulator, int FragmentSize>

@@ -147,7 +147,7 @@ TEST_CASE("w_position walks the weight's columns in storage order") {
     }
   }
   const OutlierLayout layout{40, 24, 16, 32};
-  CHECK(layout.written_slots(0) == 0);
+  CHECK(layout.written_slots(0) == 16);  // one chunk of zeros: the epilogue always multiplies one
   CHECK(layout.written_slots(17) == 32);
   CHECK(layout.w_written_elements(17) == 2 * 32 * 128);
   CHECK(OutlierLayout::row_major(5, 7).written_slots(2) == 5);
