@@ -32,10 +32,11 @@ LLMINT8_HOST_DEVICE int8_t quantize_value(float v, float inverse_step_value) {
   return static_cast<int8_t>(scaled);
 }
 
-// acc * row_absmax * col_absmax / 127^2 (+ bias), evaluated in fp32 in this exact order everywhere.
+// acc * row_absmax / 127^2 * col_absmax (+ bias), evaluated in fp32 in this exact order everywhere.
+// The row's factor comes first so that a GEMM epilogue computes it once per row, not per element.
 LLMINT8_HOST_DEVICE float dequantize_value(int32_t acc, float row_absmax, float col_absmax,
                                            float bias) {
-  return static_cast<float>(acc) * (row_absmax * col_absmax * kInvInt8MaxSquared) + bias;
+  return static_cast<float>(acc) * (row_absmax * kInvInt8MaxSquared) * col_absmax + bias;
 }
 
 // |v| >= threshold, with threshold 0 meaning "no outliers" (plain W8A8).

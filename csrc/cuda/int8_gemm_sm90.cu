@@ -29,7 +29,7 @@ using namespace cute;
 namespace fusion = cutlass::epilogue::fusion;
 using sm90::kTmaAlignmentBytes;
 
-// float(acc) * (row_absmax * col_absmax / 127^2) + bias: dequantize_value's order, so that the
+// float(acc) * (row_absmax / 127^2) * col_absmax + bias: dequantize_value's order, so that the
 // fused result matches the unfused dequant kernel bit for bit.
 template <class Fragment>
 struct DequantizeFragment {
@@ -38,7 +38,7 @@ struct DequantizeFragment {
     Fragment out;
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < static_cast<int>(Fragment::kElements); ++i) {
-      out[i] = acc[i] * (row_absmax[i] * col_absmax[i] * kInvInt8MaxSquared) + bias[i];
+      out[i] = acc[i] * (row_absmax[i] * kInvInt8MaxSquared) * col_absmax[i] + bias[i];
     }
     return out;
   }
