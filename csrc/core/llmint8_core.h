@@ -12,6 +12,11 @@
 
 namespace llmint8 {
 
+// How many blocks of per_block it takes to cover work, rounding up.
+LLMINT8_HOST_DEVICE constexpr int64_t blocks_for(int64_t work, int64_t per_block) {
+  return (work + per_block - 1) / per_block;
+}
+
 // Quantized values live in [-127, 127]; -128 is never produced so that negation is exact.
 constexpr float kInt8Max = 127.0f;
 // Dequantization divides by 127 once per operand scale.

@@ -21,9 +21,7 @@ constexpr int kXFragmentElements = kFragmentRows * kFragmentSlots;  // 512 bytes
 constexpr int kWFragmentElements = kFragmentCols * kFragmentSlots;  // 256 bytes
 
 // Chunks of kFragmentSlots that hold `slots` slots.
-LLMINT8_HOST_DEVICE constexpr int64_t chunks_for(int64_t slots) {
-  return (slots + kFragmentSlots - 1) / kFragmentSlots;
-}
+LLMINT8_HOST_DEVICE constexpr int64_t chunks_for(int64_t slots) { return blocks_for(slots, kFragmentSlots); }
 // Chunks that fragment order's writers fill when `used` slots hold split columns: at least one,
 // zeros when none is used, so that the Hopper epilogue always multiplies a defined chunk and its
 // per-subtile code holds no separate path for a layer without outliers.

@@ -18,8 +18,6 @@ constexpr int kBitsPerWord = 32;
 // Activations move in 16-byte accesses, the widest a thread can issue.
 constexpr int kVectorBytes = 16;
 
-LLMINT8_HOST_DEVICE int64_t blocks_for(int64_t work, int64_t per_block) { return (work + per_block - 1) / per_block; }
-
 // kWidth consecutive elements moved as one memory access.
 template <typename T, int kWidth>
 struct alignas(sizeof(T) * kWidth) Packed {

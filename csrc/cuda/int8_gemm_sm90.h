@@ -22,8 +22,8 @@ constexpr int64_t kSm90MaxTileCols = 256;
 // The outlier operands' layout the epilogue reads: fragment order, rows and columns padded to
 // whole tiles (every tile's copies stay inside the buffers).
 inline OutlierLayout sm90_outlier_layout(int64_t rows, int64_t n_dim, int64_t capacity) {
-  const int64_t padded_rows = (rows + kSm90TileRows - 1) / kSm90TileRows * kSm90TileRows;
-  const int64_t padded_cols = (n_dim + kSm90MaxTileCols - 1) / kSm90MaxTileCols * kSm90MaxTileCols;
+  const int64_t padded_rows = blocks_for(rows, kSm90TileRows) * kSm90TileRows;
+  const int64_t padded_cols = blocks_for(n_dim, kSm90MaxTileCols) * kSm90MaxTileCols;
   return {capacity, n_dim, padded_rows / kFragmentRows, padded_cols / kFragmentCols};
 }
 
