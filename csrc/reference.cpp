@@ -17,7 +17,7 @@ at::Tensor int8_weight_linear_reference(const at::Tensor& x, const at::Tensor& w
 
 at::Tensor zero_pad_columns(const at::Tensor& t2d, int64_t multiple) {
   const int64_t k = t2d.size(1);
-  const int64_t padded = (k + multiple - 1) / multiple * multiple;
+  const int64_t padded = blocks_for(k, multiple) * multiple;
   return padded == k ? t2d : at::constant_pad_nd(t2d, {0, padded - k}, 0);
 }
 

@@ -125,6 +125,35 @@ void allow_kernel_shared_memory(int device, const char* gemm) {
   allowed.insert(device);
 }
 
+// Launches the kernel as the adapter's run() would, minus the cudaFuncSetAttribute that CUTLASS's
+// cluster launcher makes on every launch (a permission for non-portable cluster sizes, which our
+// clusters of at most 2 never need). The kernel's producers wait for the previous grid before
+// they read global memory (see CUTLASS_GDC_ENABLED above), so it may start while that grid
+// drains (grid_dependency.cuh).
+template <class Gemm>
+void launch_kernel(typename Gemm::Params& params, cudaStream_t stream, const char* name) {
+  using Kernel = typename Gemm::GemmKernel;
+  using ClusterShape = typename Kernel::DispatchPolicy::ClusterShape;
+  cudaLaunchAttribute attributes[2];
+  attributes[0].id = cudaLaunchAttributeClusterDimension;
+  attributes[0].val.clusterDim.x = cute::size<0>(ClusterShape{});
+  attributes[0].val.clusterDim.y = cute::size<1>(ClusterShape{});
+  attributes[0].val.clusterDim.z = cute::size<2>(ClusterShape{});
+  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[1].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = Gemm::get_grid_shape(params);
+  config.blockDim = Kernel::get_block_shape();
+  config.dynamicSmemBytes = Kernel::SharedStorageSize;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = 2;
+  void* kernel_params[] = {&params};
+  const cudaError_t result =
+      cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(cutlass::device_kernel<Kernel>), kernel_params);
+  TORCH_CHECK(result == cudaSuccess, "llmint8: CUTLASS ", name, " launch failed: ", cudaGetErrorString(result));
+}
+
 // Checks, initializes and launches a CUTLASS device GEMM on the current stream: the adapter's
 // initialize() step by step, with the shared-memory setting made once. Its workspace (stream-K
 // partial sums) comes from the caching allocator, which keeps graph capture safe.
@@ -142,9 +171,7 @@ void run_gemm(const typename Gemm::Arguments& arguments, const at::Device& devic
   check_cutlass(Kernel::initialize_workspace(arguments, workspace_data, stream, nullptr), name, "initialize");
   auto params = Kernel::to_underlying_arguments(arguments, workspace_data);
   allow_kernel_shared_memory<Kernel>(device.index(), name);
-  // The kernel's producers wait for the previous grid before they read global memory (see
-  // CUTLASS_GDC_ENABLED above), so it may start while that grid drains (grid_dependency.cuh).
-  check_cutlass(Gemm::run(params, stream, nullptr, /*launch_with_pdl=*/true), name, "launch");
+  launch_kernel<Gemm>(params, stream, name);
 }
 
 }  // namespace llmint8::sm90

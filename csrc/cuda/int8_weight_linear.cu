@@ -297,13 +297,13 @@ struct Shape {
   int sms;
   // Blocks of one K split: 32-row column blocks times 16-row M tiles.
   int64_t tiles() const {
-    return (n_dim + kBlockCols - 1) / kBlockCols * ((rows + kTileRows - 1) / kTileRows);
+    return blocks_for(n_dim, kBlockCols) * blocks_for(rows, kTileRows);
   }
 };
 
 // K / splits rounded up to whole warp steps.
 int64_t k_per_split(int64_t k_dim, int64_t splits) {
-  return (k_dim / splits + kStepK - 1) / kStepK * kStepK;
+  return blocks_for(k_dim / splits, kStepK) * kStepK;
 }
 
 template <typename C>
@@ -315,7 +315,7 @@ int64_t most_splits(int64_t k_dim) {
 template <typename C>
 int64_t k_per_split_at_least(const Shape& s) {
   const int64_t tiles = s.tiles();
-  const int64_t wanted = (2 * int64_t(s.sms) + tiles - 1) / tiles;
+  const int64_t wanted = blocks_for(2 * int64_t(s.sms), tiles);
   return k_per_split(s.k_dim, std::clamp<int64_t>(wanted, 1, most_splits<C>(s.k_dim)));
 }
 
@@ -331,8 +331,8 @@ int64_t k_per_split_filling_slots(const Shape& s, int64_t slots) {
   int64_t best = s.k_dim, best_cost = std::numeric_limits<int64_t>::max();
   for (int64_t splits = 1; splits <= most_splits<C>(s.k_dim); ++splits) {
     const int64_t per_split = k_per_split(s.k_dim, splits);
-    const int64_t used = (s.k_dim + per_split - 1) / per_split;
-    const int64_t waves = (tiles * used + slots - 1) / slots;
+    const int64_t used = blocks_for(s.k_dim, per_split);
+    const int64_t waves = blocks_for(tiles * used, slots);
     int64_t cost = waves * (slots * kBlockCols * per_split + kLatencyBytes);
     if (used > 1) cost += used * s.rows * s.n_dim * 8 + kLatencyBytes;
     if (cost < best_cost) {
@@ -369,9 +369,8 @@ void launch(Problem<T> p, const Shape& shape, const at::TensorOptions& options, 
     const int64_t slots = resident_blocks(reinterpret_cast<const void*>(kernel), C::kThreads);
     p.k_per_split = k_per_split_filling_slots<C>(shape, slots);
   }
-  p.m_tiles = (p.rows + kTileRows - 1) / kTileRows;
-  const dim3 grid((p.n_dim + kBlockCols - 1) / kBlockCols * p.m_tiles,
-                  (p.k_dim + p.k_per_split - 1) / p.k_per_split);
+  p.m_tiles = blocks_for(p.rows, kTileRows);
+  const dim3 grid(blocks_for(p.n_dim, kBlockCols) * p.m_tiles, blocks_for(p.k_dim, p.k_per_split));
   at::Tensor partials;
   if (grid.y > 1) partials = at::empty({int64_t(grid.y), p.rows, p.n_dim}, options.dtype(at::kFloat));
   p.partials = partials.defined() ? partials.mutable_data_ptr<float>() : nullptr;
