@@ -344,10 +344,22 @@ def test_public_names_are_exported():
 
 
 # On Hopper, rows 17..128 with K % 16 == 0 and N % 8 == 0 take the CUTLASS kernel: (256, 136)
-# and (1024, 264) in each of its row tiles (<= 32, <= 64, above) and past one 128-row tile.
+# and (1024, 264), whose short K narrows its row tile to 32 (its other tilings: the test below).
 @pytest.mark.parametrize("m", [0, 1, 5, 16, 17, 40, 64, 100, 129])
 @pytest.mark.parametrize("k,n", [(1, 5), (172, 64), (4096, 1), (1024, 300), (96, 33), (256, 136), (1024, 264)])
 def test_int8_weight_linear_matches_float64(m, k, n, dtype, device):
+    check_int8_weight_linear_against_float64(m, k, n, dtype, device)
+
+
+# The Hopper kernel's tiles by shape: K <= 1024 takes 32-row tiles, 128 wide in K where they leave
+# half an H100's 132 SMs idle (n = 264) and 64 wide where they do not (n = 8576: 67 weight tiles
+# times two row tiles); K = 2048 takes 64- and 128-row tiles and stream-K.
+@pytest.mark.parametrize("m,k,n", [(40, 1024, 264), (40, 1024, 8576), (64, 2048, 264), (100, 2048, 264)])
+def test_int8_weight_linear_matches_float64_in_each_hopper_tiling(m, k, n, dtype, device):
+    check_int8_weight_linear_against_float64(m, k, n, dtype, device)
+
+
+def check_int8_weight_linear_against_float64(m, k, n, dtype, device):
     x = random_activations((m, k), dtype, device, outlier_cols=[c for c in (0, k - 1) if c < k])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(n, k, device=device))
     bias = torch.randn(n, device=device).to(dtype)
