@@ -46,6 +46,7 @@ struct SplitShape {
   int64_t row_chunks;       // column scan: rows cut into this many chunks
   int64_t rows_per_chunk;
   int team_warps;           // quantize: warps per row
+  bool rows_held;           // one row per team: scanned from the registers that keep it (scan_held_rows)
 };
 
 // Threads side by side along a row in the column scan (a power of two): from the whole block (or
@@ -99,6 +100,28 @@ __device__ void scan_column_chunks(const T* __restrict__ x, const SplitShape& s,
     }
     __syncthreads();  // found_in_block is reused by the next task
   }
+}
+
+// Phase one where every row has a team of its own (SplitShape::rows_held): the team has loaded
+// its row into registers, where it stays across the grid barrier so that x is read once. The
+// block ORs its rows' outlier bits into block_words and, if it holds a row, writes them as row
+// chunk blockIdx.x.
+template <typename T, int kWidth>
+__device__ void scan_held_rows(const CachedRow<T, kWidth, kTeamCachedVectors>& held, bool holds_row,
+                               const SplitShape& s, uint32_t* block_words, uint32_t* __restrict__ partial_words) {
+  const int64_t words = blocks_for(s.cols, kBitsPerWord);
+  for (int64_t w = threadIdx.x; w < words; w += kSplitThreads) block_words[w] = 0;
+  __syncthreads();
+  if (holds_row) {
+    held.for_each([&](int64_t v, const Packed<T, kWidth>& vector) {
+      const uint32_t bits = outlier_bits(vector, s.threshold);
+      const int64_t col = v * kWidth;  // a vector's bits never straddle two words
+      if (bits) atomicOr(&block_words[col / kBitsPerWord], bits << (col % kBitsPerWord));
+    });
+  }
+  __syncthreads();
+  if (blockIdx.x >= s.row_chunks) return;
+  for (int64_t w = threadIdx.x; w < words; w += kSplitThreads) partial_words[blockIdx.x * words + w] = block_words[w];
 }
 
 // Phase two's start, in every block: the outlier columns as words of bits (split_bits, only those
@@ -176,8 +199,27 @@ __device__ float team_max(float value, int team_warps, int team, int parity,
   return value;
 }
 
-// Phase two's rows: a team per row, as quantize_rows_kernel does for one block per row (same
-// arithmetic, so the same int8 values and absmax), plus the row's split columns into x_outliers.
+// One team's row (x_row, already loaded into cached_row) quantized after the split: as
+// quantize_rows_kernel does for one block per row (same arithmetic, so the same int8 values and
+// absmax), plus the row's split columns into x_outliers.
+template <typename T, int kWidth>
+__device__ __forceinline__ void quantize_team_row(const CachedRow<T, kWidth, kTeamCachedVectors>& cached_row,
+                                                  const T* __restrict__ x_row, int64_t row, const SplitShape& s,
+                                                  int64_t split, const uint32_t* split_bits, const int32_t* slot_cols,
+                                                  int8_t* __restrict__ q, float* __restrict__ row_absmax,
+                                                  T* __restrict__ x_outliers, int team, int parity,
+                                                  float (*team_maxima)[kSplitWarps]) {
+  auto excluded = [&](int64_t v) { return vector_bits<kWidth>(split_bits, v); };
+  float absmax = cached_row.kept_absmax_part(excluded);
+  for (int64_t slot = cached_row.lane; slot < s.outliers.written_slots(split); slot += cached_row.threads) {
+    x_outliers[s.outliers.x_index(row, slot)] = slot < split ? x_row[slot_cols[slot]] : static_cast<T>(0.0f);
+  }
+  absmax = team_max(absmax, s.team_warps, team, parity, team_maxima);
+  if (cached_row.lane == 0) row_absmax[row] = absmax;
+  cached_row.store_quantized(excluded, inverse_step(absmax), q + row * s.cols);
+}
+
+// Phase two's rows: a team per row, loaded after the split.
 template <typename T, int kWidth>
 __device__ void quantize_rows_in_teams(const T* __restrict__ x, const SplitShape& s, int64_t split,
                                        const uint32_t* split_bits, const int32_t* slot_cols,
@@ -185,26 +227,20 @@ __device__ void quantize_rows_in_teams(const T* __restrict__ x, const SplitShape
                                        T* __restrict__ x_outliers, float (*team_maxima)[kSplitWarps]) {
   const int team_threads = s.team_warps * kWarpSize, teams = kSplitWarps / s.team_warps;
   const int team = threadIdx.x / team_threads, lane = threadIdx.x % team_threads;
-  auto excluded = [&](int64_t v) { return vector_bits<kWidth>(split_bits, v); };
   int parity = 0;
   for (int64_t row = blockIdx.x * int64_t(teams) + team; row < s.rows; row += int64_t(gridDim.x) * teams) {
     const T* x_row = x + row * s.cols;
     CachedRow<T, kWidth, kTeamCachedVectors> cached_row(x_row, s.cols, lane, team_threads);
     cached_row.load();
-    float absmax = cached_row.kept_absmax_part(excluded);
-    for (int64_t slot = lane; slot < s.outliers.written_slots(split); slot += team_threads) {
-      x_outliers[s.outliers.x_index(row, slot)] = slot < split ? x_row[slot_cols[slot]] : static_cast<T>(0.0f);
-    }
-    absmax = team_max(absmax, s.team_warps, team, parity, team_maxima);
+    quantize_team_row(cached_row, x_row, row, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team,
+                      parity, team_maxima);
     parity ^= 1;
-    if (lane == 0) row_absmax[row] = absmax;
-    cached_row.store_quantized(excluded, inverse_step(absmax), q + row * s.cols);
   }
 }
 
 // One block per SM: held to 64 registers for two, nvcc spilled the cached row (H100, 1024 -> 4096
 // at M = 512, first block start to last block end: 13.1 us with the spills, 9.5 us without).
-template <typename T, int kWidth, typename W>
+template <typename T, int kWidth, typename W, bool kRowsHeld>
 __global__ void __launch_bounds__(kSplitThreads, 1)
 split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __restrict__ partial_words,
                           int8_t* __restrict__ q, float* __restrict__ row_absmax,
@@ -223,13 +259,30 @@ split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __res
   // One wave: every block has started, so the GEMM that reads this launch's output may start its
   // prologue on the SMs that are idle or done.
   let_next_grid_launch();
-  scan_column_chunks<T, kWidth>(x, s, partial_words, found_in_block);
+  const int team_threads = s.team_warps * kWarpSize, team = threadIdx.x / team_threads;
+  const int64_t held_row = blockIdx.x * int64_t(kSplitWarps / s.team_warps) + team;
+  const bool holds_row = kRowsHeld && held_row < s.rows;
+  const T* x_held_row = x + (holds_row ? held_row : 0) * s.cols;
+  CachedRow<T, kWidth, kTeamCachedVectors> held(x_held_row, s.cols, threadIdx.x % team_threads, team_threads);
+  if constexpr (kRowsHeld) {
+    if (holds_row) held.load();
+    scan_held_rows<T, kWidth>(held, holds_row, s, split_bits, partial_words);
+  } else {
+    scan_column_chunks<T, kWidth>(x, s, partial_words, found_in_block);
+  }
   cooperative_groups::this_grid().sync();
   const int64_t split = build_split(s, partial_words, split_bits, words_before, slot_cols, outlier_cols, count);
   gather_weight_columns(
       s.outliers, s.outliers.w_written_elements(split),
       [&](int64_t slot) { return slot < split ? slot_cols[slot] : -1; }, weight, s.cols, weight_scale, w_cols);
-  quantize_rows_in_teams<T, kWidth>(x, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team_maxima);
+  if constexpr (kRowsHeld) {
+    if (holds_row) {
+      quantize_team_row(held, x_held_row, held_row, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team,
+                        /*parity=*/0, team_maxima);
+    }
+  } else {
+    quantize_rows_in_teams<T, kWidth>(x, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team_maxima);
+  }
 }
 
 size_t shared_bytes_for(int64_t cols, int64_t capacity) {
@@ -243,10 +296,22 @@ int team_warps_for(int64_t vector_count) {
   return warps;
 }
 
+// The column scan's tasks: (column block, row chunk) pairs, as many as leave one per resident
+// block, each at least one row per thread stacked on a column, and few enough chunks that every
+// block can OR them all after the barrier.
+void plan_column_scan(SplitShape& s, int64_t groups, int64_t words, int64_t resident) {
+  s.column_lanes = scan_column_lanes(groups, words, resident);
+  s.column_blocks = blocks_for(groups, s.column_lanes);
+  const int64_t row_lanes = kSplitThreads / s.column_lanes;
+  s.row_chunks = std::clamp<int64_t>(std::min(resident / s.column_blocks, blocks_for(s.rows, row_lanes)), 1,
+                                     std::max<int64_t>(1, kMaxPartialWords / words));
+  s.rows_per_chunk = blocks_for(s.rows, s.row_chunks);
+  s.row_chunks = blocks_for(s.rows, s.rows_per_chunk);
+}
+
 template <typename T, int kWidth, typename W>
 void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::Tensor& weight,
                                const at::Tensor& weight_scale, QuantizedActivations& a) {
-  const auto kernel = split_and_quantize_kernel<T, kWidth, W>;
   SplitShape s{};
   s.rows = leading_rows(x);
   s.cols = x.size(-1);
@@ -255,20 +320,22 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
   const int64_t groups = s.cols / kWidth, words = blocks_for(s.cols, kBitsPerWord);
   s.team_warps = team_warps_for(groups);
   const size_t shared_bytes = shared_bytes_for(s.cols, s.outliers.capacity);
-  const int64_t resident = resident_blocks(reinterpret_cast<const void*>(kernel), kSplitThreads, shared_bytes);
-  s.column_lanes = scan_column_lanes(groups, words, resident);
-  s.column_blocks = blocks_for(groups, s.column_lanes);
-  // Row chunks: as many as leave one task per resident block, each at least one row per thread
-  // stacked on a column, and few enough that every block can OR them all after the barrier.
-  const int64_t row_lanes = kSplitThreads / s.column_lanes;
-  s.row_chunks = std::clamp<int64_t>(std::min(resident / s.column_blocks, blocks_for(s.rows, row_lanes)), 1,
-                                     std::max<int64_t>(1, kMaxPartialWords / words));
-  s.rows_per_chunk = blocks_for(s.rows, s.row_chunks);
-  s.row_chunks = blocks_for(s.rows, s.rows_per_chunk);
-  const int64_t teams = kSplitWarps / s.team_warps;
-  const int64_t wanted = std::max({s.column_blocks * s.row_chunks, blocks_for(s.rows, teams),
+  // Both kernels hold one block per SM (__launch_bounds__) with the same shared memory.
+  const auto column_kernel = split_and_quantize_kernel<T, kWidth, W, false>;
+  const int64_t resident =
+      resident_blocks(reinterpret_cast<const void*>(column_kernel), kSplitThreads, shared_bytes);
+  const int64_t teams = kSplitWarps / s.team_warps, row_blocks = blocks_for(s.rows, teams);
+  s.rows_held = row_blocks <= resident && row_blocks * words <= kMaxPartialWords;
+  if (s.rows_held) {
+    s.row_chunks = row_blocks;
+  } else {
+    plan_column_scan(s, groups, words, resident);
+  }
+  const int64_t scan_blocks = s.rows_held ? row_blocks : s.column_blocks * s.row_chunks;
+  const int64_t wanted = std::max({scan_blocks, row_blocks,
                                    blocks_for(s.outliers.stored_slots() * s.outliers.n_dim, kSplitThreads)});
   const int grid = static_cast<int>(std::min(resident, wanted));
+  const auto kernel = s.rows_held ? split_and_quantize_kernel<T, kWidth, W, true> : column_kernel;
 
   auto partial_words = at::empty({s.row_chunks * words}, x.options().dtype(at::kInt));
   const T* x_data = x.const_data_ptr<T>();
