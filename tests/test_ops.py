@@ -579,13 +579,13 @@ def test_fused_int8_linear_with_no_outlier_present(shape, n, capacity, dtype, de
 
 # On CUDA the split runs in one launch. Where every row gets a warp team of its own and the
 # blocks' column words fit one round of reads, the teams scan the rows they keep in registers
-# ((5, 40, 1000): 13 blocks); otherwise it scans x in row chunks and, past a block's width of
-# vectors, column blocks. Each outlier sits in a single row, spread over the chunks (or blocks),
-# in columns spread over the column blocks. Capacity 3 splits off the first three and leaves the
-# fourth in int8.
+# ((5, 40, 1000) in one-warp teams; (100, 4096) in teams of two warps, four in fp32); otherwise it
+# scans x in row chunks and, past a block's width of vectors, column blocks. Each outlier sits in
+# a single row, spread over the chunks (or blocks), in columns spread over the column blocks.
+# Capacity 3 splits off the first three and leaves the fourth in int8.
 # 4500 x 2048 is past a third of an H100's L2, where separate kernels split x instead.
 @pytest.mark.parametrize("shape,n", [((3000, 64), 40), ((70, 8192), 24), ((33, 5003), 16), ((5, 40, 1000), 8),
-                                     ((4500, 2048), 8)])
+                                     ((100, 4096), 8), ((4500, 2048), 8)])
 @pytest.mark.parametrize("capacity", [64, 3])
 def test_fused_int8_linear_finds_outliers_in_any_row_and_column_block(shape, n, capacity, dtype, device):
     k = shape[-1]
