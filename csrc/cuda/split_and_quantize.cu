@@ -1,7 +1,8 @@
 // LLM.int8's activation side in one cooperative launch (split_and_quantize.h). Before it, the
 // split took five dependent launches (flag reset, column scan, compaction, quantize-and-gather,
 // weight-column gather), which at M = 512 on a 1024->4096 layer cost more GPU time than the
-// whole 16-bit F.linear. Here one grid-wide barrier separates the column scan from the rest.
+// whole 16-bit F.linear. Here one grid-wide barrier separates the scan for outlier columns from
+// the rest.
 #include "split_and_quantize.h"
 
 #include <ATen/ATen.h>
@@ -43,10 +44,9 @@ struct SplitShape {
   float threshold;
   int column_lanes;         // column scan: threads side by side along a row
   int64_t column_blocks;    // column scan: a block's width of vectors each
-  int64_t row_chunks;       // column scan: rows cut into this many chunks
+  int64_t row_chunks;       // chunks of rows whose column words every block ORs after the barrier
   int64_t rows_per_chunk;
   int team_warps;           // quantize: warps per row
-  bool rows_held;           // one row per team: scanned from the registers that keep it (scan_held_rows)
 };
 
 // Threads side by side along a row in the column scan (a power of two): from the whole block (or
@@ -102,7 +102,7 @@ __device__ void scan_column_chunks(const T* __restrict__ x, const SplitShape& s,
   }
 }
 
-// Phase one where every row has a team of its own (SplitShape::rows_held): the team has loaded
+// Phase one where every row has a team of its own (kRowsHeld): the team has loaded
 // its row into registers, where it stays across the grid barrier so that x is read once. The
 // block ORs its rows' outlier bits into block_words and, if it holds a row, writes them as row
 // chunk blockIdx.x.
@@ -263,6 +263,7 @@ split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __res
   const int64_t held_row = blockIdx.x * int64_t(kSplitWarps / s.team_warps) + team;
   const bool holds_row = kRowsHeld && held_row < s.rows;
   const T* x_held_row = x + (holds_row ? held_row : 0) * s.cols;
+  // The team's row, loaded only where rows are held (the column scan reads x twice instead).
   CachedRow<T, kWidth, kTeamCachedVectors> held(x_held_row, s.cols, threadIdx.x % team_threads, team_threads);
   if constexpr (kRowsHeld) {
     if (holds_row) held.load();
@@ -324,18 +325,20 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
   const auto column_kernel = split_and_quantize_kernel<T, kWidth, W, false>;
   const int64_t resident =
       resident_blocks(reinterpret_cast<const void*>(column_kernel), kSplitThreads, shared_bytes);
+  // Rows are held where one wave gives every row a team and the blocks holding rows leave few
+  // enough column words for one round of reads after the barrier; else the column scan.
   const int64_t teams = kSplitWarps / s.team_warps, row_blocks = blocks_for(s.rows, teams);
-  s.rows_held = row_blocks <= resident && row_blocks * words <= kMaxPartialWords;
-  if (s.rows_held) {
+  const bool rows_held = row_blocks <= resident && row_blocks * words <= kMaxPartialWords;
+  if (rows_held) {
     s.row_chunks = row_blocks;
   } else {
     plan_column_scan(s, groups, words, resident);
   }
-  const int64_t scan_blocks = s.rows_held ? row_blocks : s.column_blocks * s.row_chunks;
+  const int64_t scan_blocks = rows_held ? row_blocks : s.column_blocks * s.row_chunks;
   const int64_t wanted = std::max({scan_blocks, row_blocks,
                                    blocks_for(s.outliers.stored_slots() * s.outliers.n_dim, kSplitThreads)});
   const int grid = static_cast<int>(std::min(resident, wanted));
-  const auto kernel = s.rows_held ? split_and_quantize_kernel<T, kWidth, W, true> : column_kernel;
+  const auto kernel = rows_held ? split_and_quantize_kernel<T, kWidth, W, true> : column_kernel;
 
   auto partial_words = at::empty({s.row_chunks * words}, x.options().dtype(at::kInt));
   const T* x_data = x.const_data_ptr<T>();

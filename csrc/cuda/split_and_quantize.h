@@ -27,7 +27,7 @@ struct QuantizedActivations {
 
 // Whether one launch splits x [*, K] (contiguous, rows > 0, K > 0) with this capacity: its column
 // masks and slot list must fit in a block's shared memory, and x in a third of the GPU's L2 (the
-// launch reads it twice).
+// column scan reads it twice).
 bool split_and_quantize_applies(const at::Tensor& x, int64_t capacity);
 
 // Fills a's tensors (allocated by the caller, outlier ones defined) from x (contiguous) with the
