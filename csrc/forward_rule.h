@@ -21,6 +21,22 @@ constexpr int64_t kSmallBatchRows = 16;
 // the layer (H100: benchmarks/results/sweep_w8a16_rows_h100.json against bench_linear_h100_v5).
 constexpr int64_t kTensorCoreWeightOnlyRows = 128;
 
+// Past that, up to kSmallProductRows rows, the same kernel still wins where the layer's product
+// is small: there the decomposition's fixed cost (its split launch, ~10 us with the grid barrier)
+// outweighs what 16-bit tensor cores lose to int8 ones. H100, graph time, threshold 6, M = 256 to
+// 1024 on eight layer shapes: the int8-weight kernel won at every M * N * K <= 2^33, and from 2^34
+// the decomposition won or tied. Hence also the row limit: at M = 2048 the decomposition won on
+// 1024->4096, a product of 2^33 (benchmarks/NOTES.md v13).
+constexpr int64_t kSmallProductRows = 1024;
+constexpr int64_t kSmallProductMacs = int64_t(1) << 33;
+
+// Whether rows x [K] times an [N, K] weight take the tensor-core int8-weight kernel where it runs.
+inline bool fits_tensor_core_weight_only(int64_t rows, int64_t n_dim, int64_t k_dim) {
+  if (rows <= kTensorCoreWeightOnlyRows) return true;
+  // n_dim * k_dim fits in int64 (each is below 2^31); the product with rows might not.
+  return rows <= kSmallProductRows && n_dim * k_dim <= kSmallProductMacs / rows;
+}
+
 // Whether x [*, K] takes int8_weight_linear on every device: a small batch, or K = 0 (nothing to
 // quantize).
 inline bool is_small_batch(const at::Tensor& x) {

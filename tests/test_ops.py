@@ -407,7 +407,7 @@ def test_int8_weight_linear_chain_reads_each_input_after_it_is_written(rows, dty
     torch.testing.assert_close(overlapped, chain(synchronize=True), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("rows", [ops.SMALL_BATCH_ROWS, ops.TENSOR_CORE_WEIGHT_ONLY_ROWS])
+@pytest.mark.parametrize("rows", [ops.SMALL_BATCH_ROWS, ops.TENSOR_CORE_WEIGHT_ONLY_ROWS, ops.SMALL_PRODUCT_ROWS])
 def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(rows, dtype, device):
     x = random_activations((rows, 1024), dtype, device, outlier_cols=range(0, 1024, 128))
     w = torch.randn(512, 1024, device=device) / 32
@@ -424,8 +424,9 @@ def test_int8_weight_linear_is_at_least_as_accurate_as_the_decomposition(rows, d
 
 # The kernels read a bias as it comes instead of converting it to fp32 first; a 16-bit bias must
 # give exactly what its fp32 copy gives. Rows 1 and 16: the streaming kernel (K split and not);
-# 40: Hopper's CUTLASS kernel (which reads it in x's dtype); 300: the exact decomposition. The bias
-# is a view one element into its storage, so not 16-byte aligned.
+# 40 and 300: Hopper's CUTLASS kernel (which reads it in x's dtype), or the decomposition
+# elsewhere, which int8_linear checks on every device. The bias is a view one element into its
+# storage, so not 16-byte aligned.
 @pytest.mark.parametrize("m", [1, 16, 40, 300])
 @pytest.mark.parametrize("bias_dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_bias_in_any_float_dtype_equals_its_fp32_copy(m, bias_dtype, dtype, device):
@@ -471,18 +472,19 @@ def test_forward_takes_the_int8_weight_path_for_small_batches(rows, dtype, devic
     torch.testing.assert_close(out, weight_only, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("rows", [ops.SMALL_BATCH_ROWS, ops.TENSOR_CORE_WEIGHT_ONLY_ROWS + 1])
+@pytest.mark.parametrize("rows", [ops.SMALL_BATCH_ROWS, ops.SMALL_PRODUCT_ROWS + 1])
 def test_forward_takes_the_decomposition_when_asked_or_past_every_weight_only_kernel(rows, device):
     x = random_activations((rows, 256), torch.float16, device, outlier_cols=[3])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(136, 256, device=device))
     bias = torch.randn(136, device=device).half()
-    exact = rows <= ops.TENSOR_CORE_WEIGHT_ONLY_ROWS
+    exact = rows <= ops.SMALL_PRODUCT_ROWS
     out = ops.llm_int8_linear(x, w_int8, w_absmax, bias, THRESHOLD, exact_decomposition=exact)
     torch.testing.assert_close(out, ops.int8_linear(x, w_int8, w_absmax, bias, THRESHOLD), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("shape", [(100, 256), (4, 25, 256)])
-def test_forward_between_the_two_row_limits_depends_on_the_device(shape, device):
+# 100 rows: within Hopper's 128; 600: past it, within SMALL_PRODUCT_ROWS with a small product.
+@pytest.mark.parametrize("shape", [(100, 256), (4, 25, 256), (600, 256)])
+def test_forward_between_the_row_limits_depends_on_the_device(shape, device):
     x = random_activations(shape, torch.bfloat16, device, outlier_cols=[3])
     w_int8, w_absmax = ops.quantize_colwise(torch.randn(136, 256, device=device))
     out, weight_only, decomposed = forward_paths(x, w_int8, w_absmax, None)

@@ -615,7 +615,7 @@ at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight
 bool takes_int8_weight_path(const at::Tensor& x, const at::Tensor& weight_int8) {
   if (is_small_batch(x)) return true;
   const int64_t rows = leading_rows(x);
-  return rows <= kTensorCoreWeightOnlyRows && x.is_contiguous() &&
+  return fits_tensor_core_weight_only(rows, weight_int8.size(0), x.size(-1)) && x.is_contiguous() &&
          int8_weight_linear_sm90_applies(x.view({rows, x.size(-1)}), weight_int8);
 }
 

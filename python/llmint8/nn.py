@@ -305,9 +305,10 @@ class Linear8bitLt(nn.Linear):
     so the forward never synchronizes with the host); further ones go through int8. None: all
     ``in_features`` columns, i.e. LLM.int8 with no cap, at the cost of a [rows, in_features] buffer.
     ``exact_decomposition``: always use the LLM.int8 decomposition. By default, inputs of at most
-    ``ops.SMALL_BATCH_ROWS`` rows (``ops.TENSOR_CORE_WEIGHT_ONLY_ROWS`` on Hopper GPUs) skip it for
-    ``ops.int8_weight_linear`` (16-bit activations times the int8 weight): faster where the layer
-    is bandwidth-bound, and more accurate.
+    ``ops.SMALL_BATCH_ROWS`` rows (on Hopper GPUs ``ops.TENSOR_CORE_WEIGHT_ONLY_ROWS``, or
+    ``ops.SMALL_PRODUCT_ROWS`` where rows * out * in is at most ``ops.SMALL_PRODUCT_MACS``) skip it
+    for ``ops.int8_weight_linear`` (16-bit activations times the int8 weight): faster where the
+    layer is bandwidth-bound or too small for the decomposition's fixed cost, and more accurate.
     """
 
     weight: Int8Params

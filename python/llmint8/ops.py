@@ -13,10 +13,13 @@ _ops = torch.ops.llmint8
 
 # Where llm_int8_linear takes int8_weight_linear (csrc/forward_rule.h holds the rule; these mirror
 # it): up to SMALL_BATCH_ROWS rows on every device, where a layer is bound by reading its weight;
-# up to TENSOR_CORE_WEIGHT_ONLY_ROWS on Hopper GPUs, where a tensor-core kernel for it runs (K a
-# multiple of 16, N of 8). It is faster there than the decomposition, and more accurate.
+# on Hopper GPUs, where a tensor-core kernel for it runs (16-bit x, K a multiple of 16, N of 8), up
+# to TENSOR_CORE_WEIGHT_ONLY_ROWS, and up to SMALL_PRODUCT_ROWS where rows * N * K is at most
+# SMALL_PRODUCT_MACS. It is faster there than the decomposition, and more accurate.
 SMALL_BATCH_ROWS = 16
 TENSOR_CORE_WEIGHT_ONLY_ROWS = 128
+SMALL_PRODUCT_ROWS = 1024
+SMALL_PRODUCT_MACS = 2**33
 
 # Default number of outlier columns split out per call. LLM.int8 models show a handful (the
 # paper: at most ~7 systematic dimensions at 6.7B); columns beyond capacity stay in the int8 part.
@@ -143,8 +146,9 @@ def llm_int8_linear(
 ) -> torch.Tensor:
     """The forward of an int8 linear layer: the fastest path with LLM.int8 accuracy or better.
 
-    ``int8_weight_linear`` (16-bit activations, no rounding) up to ``SMALL_BATCH_ROWS`` rows, and up
-    to ``TENSOR_CORE_WEIGHT_ONLY_ROWS`` on Hopper GPUs; otherwise, or with ``exact_decomposition``,
+    ``int8_weight_linear`` (16-bit activations, no rounding) up to ``SMALL_BATCH_ROWS`` rows, and on
+    Hopper GPUs up to ``TENSOR_CORE_WEIGHT_ONLY_ROWS`` (``SMALL_PRODUCT_ROWS`` where rows * N * K is
+    at most ``SMALL_PRODUCT_MACS``); otherwise, or with ``exact_decomposition``,
     the LLM.int8 decomposition (``int8_linear``). One op that picks in C++: the choice depends on
     shapes and the device, never on values, so it holds under torch.compile and CUDA graphs.
     """
