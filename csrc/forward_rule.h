@@ -23,11 +23,11 @@ constexpr int64_t kTensorCoreWeightOnlyRows = 128;
 
 // Past that, up to kSmallProductRows rows, the same kernel still wins where the layer's product
 // is small: there the decomposition's fixed cost (its split launch, ~10 us with the grid barrier)
-// outweighs what 16-bit tensor cores lose to int8 ones. H100, graph time, threshold 6, M = 256 to
-// 1024 on eight layer shapes: the int8-weight kernel won at every M * N * K <= 2^33, and from 2^34
-// the decomposition won or tied. Hence also the row limit: at M = 2048 the decomposition won on
-// 1024->4096, a product of 2^33 (benchmarks/NOTES.md v13).
-constexpr int64_t kSmallProductRows = 1024;
+// outweighs what 16-bit tensor cores lose to int8 ones. H100, graph time, threshold 6: with 256-row
+// tiles past one wave, the int8-weight kernel won at every M * N * K <= 2^33 measured (M = 256 to
+// 2048 on eight layer shapes; 1024->4096 at M = 2048: 33.3 against 37.0 us), tied or won narrowly
+// at 2^34, and lost at 2^35 (benchmarks/NOTES.md v13, v14). Past 2048 rows it is unmeasured.
+constexpr int64_t kSmallProductRows = 2048;
 constexpr int64_t kSmallProductMacs = int64_t(1) << 33;
 
 // Whether rows x [K] times an [N, K] weight take the tensor-core int8-weight kernel where it runs.

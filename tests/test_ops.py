@@ -351,10 +351,18 @@ def test_int8_weight_linear_matches_float64(m, k, n, dtype, device):
     check_int8_weight_linear_against_float64(m, k, n, dtype, device)
 
 
-# The Hopper kernel's tiles by shape: K <= 1024 takes 32-row tiles, 128 wide in K where they leave
-# half an H100's 132 SMs idle (n = 264) and 64 wide where they do not (n = 8576: 67 weight tiles
-# times two row tiles); K = 2048 takes 64- and 128-row tiles and stream-K.
-@pytest.mark.parametrize("m,k,n", [(40, 1024, 264), (40, 1024, 8576), (64, 2048, 264), (100, 2048, 264)])
+# The Hopper kernel's tiles by shape (H100 and H200: 132 SMs): the narrowest row tile whose output
+# tiles fit one wave, from the smallest that holds every row (at most 256). K <= 1024 narrows to 32
+# rows, 128 wide in K where they leave half the SMs idle (n = 264: 3 weight tiles of 128 times 2
+# row tiles) and 64 wide where they do not (n = 6344: 50 times 2); 64 rows where 32-row tiles
+# would not fit (n = 8576: 67 times 2 = 134), 128 where 64-row ones would not (m = 300, n = 4096:
+# 32 times 5), 256 where 128-row ones would not (m = 600, n = 3456: 27 times 5). K = 2048 narrows
+# no further than 128 rows, and leaves short output grids to stream-K.
+@pytest.mark.parametrize(
+    "m,k,n",
+    [(40, 1024, 264), (40, 1024, 6344), (40, 1024, 8576), (300, 1024, 4096), (600, 1024, 3456), (64, 2048, 264),
+     (100, 2048, 264), (600, 2048, 3456)],
+)
 def test_int8_weight_linear_matches_float64_in_each_hopper_tiling(m, k, n, dtype, device):
     check_int8_weight_linear_against_float64(m, k, n, dtype, device)
 

@@ -127,6 +127,13 @@ __device__ __forceinline__ uint32_t vector_bits(const uint32_t* mask, int64_t v)
   return (mask[col / kBitsPerWord] >> (col % kBitsPerWord)) & ((1u << kWidth) - 1u);
 }
 
+// Sets vector_bits(mask, v) |= bits, atomically: a vector's bits never straddle two words.
+template <int kWidth>
+__device__ __forceinline__ void set_vector_bits(uint32_t* mask, int64_t v, uint32_t bits) {
+  const int64_t col = v * kWidth;
+  atomicOr(&mask[col / kBitsPerWord], bits << (col % kBitsPerWord));
+}
+
 template <typename T, int kWidth>
 __device__ __forceinline__ Packed<int8_t, kWidth> quantize_packed(const Packed<T, kWidth>& v,
                                                                   uint32_t excluded, float step) {

@@ -31,6 +31,7 @@
 #include <cutlass/kernel_hardware_info.h>
 #include <cutlass/util/packed_stride.hpp>
 
+#include "grid_dependency.cuh"
 #include "occupancy.h"
 
 namespace llmint8::sm90 {
@@ -139,8 +140,7 @@ void launch_kernel(typename Gemm::Params& params, cudaStream_t stream, const cha
   attributes[0].val.clusterDim.x = cute::size<0>(ClusterShape{});
   attributes[0].val.clusterDim.y = cute::size<1>(ClusterShape{});
   attributes[0].val.clusterDim.z = cute::size<2>(ClusterShape{});
-  attributes[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[1].val.programmaticStreamSerializationAllowed = 1;
+  attributes[1] = overlapping_previous_grid();
   cudaLaunchConfig_t config{};
   config.gridDim = Gemm::get_grid_shape(params);
   config.blockDim = Kernel::get_block_shape();

@@ -1,7 +1,17 @@
-// Programmatic dependent launch (compute capability 9.0) from inside our kernels.
+// Programmatic dependent launch (compute capability 9.0): the launch attribute and the kernels' side.
 #pragma once
 
+#include <cuda_runtime.h>
+
 namespace llmint8 {
+
+// The host side: the launch attribute that lets a grid start while the one before it drains.
+inline cudaLaunchAttribute overlapping_previous_grid() {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  return attribute;
+}
 
 // A grid launched with programmatic stream serialization may start while the grid before it
 // drains, up to griddepcontrol.wait, which returns once that grid has finished and its writes are

@@ -352,9 +352,7 @@ void launch_overlapping_previous(void (*kernel)(Problem<T>), dim3 grid, int thre
   config.gridDim = grid;
   config.blockDim = dim3(threads);
   config.stream = stream;
-  cudaLaunchAttribute overlap_attribute{};
-  overlap_attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  overlap_attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute overlap_attribute = overlapping_previous_grid();
   config.attrs = &overlap_attribute;
   config.numAttrs = overlap ? 1 : 0;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));

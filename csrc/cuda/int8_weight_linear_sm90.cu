@@ -1,10 +1,11 @@
 // Hopper 16-bit activations x int8 weight for mid-sized M (CUTLASS 3 mixed-input wgmma + TMA).
 //
-// Between decode (M <= 16, int8_weight_linear.cu) and prefill, a layer is still bound by reading
-// its weight, yet the LLM.int8 decomposition's extra launches (outlier scan, compaction,
-// quantization, outlier GEMM) cost as much as the GEMM itself. Here each int8 weight tile, loaded
+// Past decode (M <= 16, int8_weight_linear.cu) up to 128 rows a layer is still bound by reading its
+// weight, and past that, on small products, the LLM.int8 decomposition's fixed cost (its split
+// launch with a grid barrier) outweighs what 16-bit tensor cores lose to int8 ones
+// (csrc/forward_rule.h). Here each int8 weight tile, loaded
 // once by TMA, is widened in registers to x's dtype (exact: |v| <= 127) and multiplied on 16-bit
-// tensor cores against up to 128 activation rows, with fp32 accumulation.
+// tensor cores against up to 256 activation rows, with fp32 accumulation.
 //
 // wgmma takes only its A operand from registers, so the weight is A: in CUTLASS's M x N x K terms
 // M is out_features, N is x's rows, and the [rows, out_features] row-major output is a
@@ -15,6 +16,7 @@
 
 #if defined(LLMINT8_WITH_CUTLASS_SM90)
 
+#include <algorithm>
 #include <cstdint>
 
 #include <ATen/ATen.h>
@@ -131,6 +133,7 @@ void run_weight_gemm(const WeightGemmOperands& op, const at::Device& device) {
 }
 
 constexpr int kNarrowestRowsTile = 32;
+constexpr int kWidestRowsTile = 256;
 // K up to 16 k tiles of 64: too short for stream-K to pay for its fixup.
 constexpr int kShortK = 1024;
 
@@ -138,22 +141,32 @@ struct Tiles {
   int rows, k;
 };
 
-// The x-row tile: the smallest that holds every row, so small M wastes few MMAs. Stream-K then
-// splits K across the SMs when output tiles are few, and the splits of a tile add their partial
-// sums in turn (the deterministic fixup) after a workspace memset. With a short K that serial
-// fixup costs more than the work (1024->4096 at 128 rows on an H100: 11.6 us plus a 0.8 us memset
-// against 4.3 us for fp16), so there the tile narrows until every SM has an output tile of its
-// own, each weight tile then read from L2 by up to four CTAs. Where even the narrowest tile
-// leaves half the SMs idle (1024->4096 at 64 rows and fewer), each CTA's k tiles run one after
-// another, and K tiles of 128 halve their steps: 14.2 -> 13.4 us (bf16) and 13.9 -> 13.0 (fp16)
-// at 64 rows; with 128 CTAs (128 rows) they cost 0.4 us instead.
+// The x-row tile: the smallest that holds every row (up to kWidestRowsTile), so small M wastes
+// few MMAs, narrowed while the narrower tiles still fit one wave. One CTA fills an SM, so a second
+// wave costs nearly a whole CTA's time again: each CTA re-widens its weight tile however few rows
+// it multiplies (H100, 1024->4096: at 512 rows 19.0 us in 256 CTAs of 64 rows, 14.7 us in 128 of
+// 128; at 256 rows 17.1 us in 256 CTAs of 32, 13.0 us in 128 of 64). For the same reason, past one
+// wave the widest tile wins, re-widening each weight tile for 256 rows: at 1024 rows 20.3 against
+// 22.8 us with 128-row tiles, at 2048 rows 33.3 against 39.3 us (fp16; bf16 alike).
+//
+// Stream-K splits K across the SMs when output tiles are few, and the splits of a tile add their
+// partial sums in turn (the deterministic fixup) after a workspace memset. With a short K that
+// serial fixup costs more than the work (1024->4096 at 128 rows: 11.6 us plus a 0.8 us memset
+// against 4.3 us for fp16), so only a short K narrows below 128 rows, down to 32 with each weight
+// tile read from L2 by up to four CTAs. Where even 32-row tiles leave half the SMs idle (1024->4096
+// at 64 rows and fewer), each CTA's k tiles run one after another, and K tiles of 128 halve their
+// steps: 14.2 -> 13.4 us (bf16) and 13.9 -> 13.0 (fp16) at 64 rows; with 128 CTAs (128 rows) they
+// cost 0.4 us instead.
 Tiles tiles_for(const WeightGemmOperands& op, const at::Device& device) {
-  int rows = op.rows <= 32 ? 32 : op.rows <= 64 ? 64 : 128;
-  if (op.k > kShortK) return {rows, kKTile};
+  int rows = kNarrowestRowsTile;
+  while (rows < kWidestRowsTile && rows < op.rows) rows *= 2;
+  const bool short_k = op.k <= kShortK;
+  const int narrowest = short_k ? kNarrowestRowsTile : std::min(rows, kWeightRowsTile);
   const int64_t weight_tiles = blocks_for(op.n, kWeightRowsTile);
   const int64_t sms = device_facts(device.index()).multiprocessors;
-  while (rows > kNarrowestRowsTile && weight_tiles * blocks_for(op.rows, rows) < sms) rows /= 2;
-  const bool half_the_sms_idle = 2 * weight_tiles * blocks_for(op.rows, rows) <= sms;
+  const auto output_tiles = [&](int rows_tile) { return weight_tiles * blocks_for(op.rows, rows_tile); };
+  while (rows > narrowest && output_tiles(rows / 2) <= sms) rows /= 2;
+  const bool half_the_sms_idle = short_k && 2 * output_tiles(rows) <= sms;
   return {rows, half_the_sms_idle ? kLongKTile : kKTile};
 }
 
@@ -168,7 +181,8 @@ void run_for_rows(const WeightGemmOperands& op, const at::Device& device) {
   switch (tiles.rows) {
     case kNarrowestRowsTile: return run_weight_gemm<kNarrowestRowsTile, Out>(op, device);
     case 64: return run_weight_gemm<64, Out>(op, device);
-    default: return run_weight_gemm<kWeightRowsTile, Out>(op, device);
+    case 128: return run_weight_gemm<128, Out>(op, device);
+    default: return run_weight_gemm<kWidestRowsTile, Out>(op, device);
   }
 }
 

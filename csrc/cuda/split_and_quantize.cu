@@ -115,8 +115,7 @@ __device__ void scan_held_rows(const CachedRow<T, kWidth, kTeamCachedVectors>& h
   if (holds_row) {
     held.for_each([&](int64_t v, const Packed<T, kWidth>& vector) {
       const uint32_t bits = outlier_bits(vector, s.threshold);
-      const int64_t col = v * kWidth;  // a vector's bits never straddle two words
-      if (bits) atomicOr(&block_words[col / kBitsPerWord], bits << (col % kBitsPerWord));
+      if (bits) set_vector_bits<kWidth>(block_words, v, bits);
     });
   }
   __syncthreads();
@@ -182,6 +181,16 @@ __device__ int64_t build_split(const SplitShape& s, const uint32_t* __restrict__
   return split;
 }
 
+// This thread's place among the block's teams of team_warps warps each.
+struct TeamPlace {
+  int threads, teams, team, lane;
+};
+__device__ __forceinline__ TeamPlace team_place(int team_warps) {
+  const int threads = team_warps * kWarpSize;
+  return {threads, kSplitWarps / team_warps, static_cast<int>(threadIdx.x) / threads,
+          static_cast<int>(threadIdx.x) % threads};
+}
+
 // Max over a team of team_warps warps (valid in every thread of the team). Teams of one warp
 // need no barrier; larger ones meet at named barrier 1 + team, with maxima double-buffered by row
 // parity so that a warp a row ahead cannot overwrite a value another warp has yet to read.
@@ -225,15 +234,15 @@ __device__ void quantize_rows_in_teams(const T* __restrict__ x, const SplitShape
                                        const uint32_t* split_bits, const int32_t* slot_cols,
                                        int8_t* __restrict__ q, float* __restrict__ row_absmax,
                                        T* __restrict__ x_outliers, float (*team_maxima)[kSplitWarps]) {
-  const int team_threads = s.team_warps * kWarpSize, teams = kSplitWarps / s.team_warps;
-  const int team = threadIdx.x / team_threads, lane = threadIdx.x % team_threads;
+  const TeamPlace place = team_place(s.team_warps);
   int parity = 0;
-  for (int64_t row = blockIdx.x * int64_t(teams) + team; row < s.rows; row += int64_t(gridDim.x) * teams) {
+  for (int64_t row = blockIdx.x * int64_t(place.teams) + place.team; row < s.rows;
+       row += int64_t(gridDim.x) * place.teams) {
     const T* x_row = x + row * s.cols;
-    CachedRow<T, kWidth, kTeamCachedVectors> cached_row(x_row, s.cols, lane, team_threads);
+    CachedRow<T, kWidth, kTeamCachedVectors> cached_row(x_row, s.cols, place.lane, place.threads);
     cached_row.load();
-    quantize_team_row(cached_row, x_row, row, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team,
-                      parity, team_maxima);
+    quantize_team_row(cached_row, x_row, row, s, split, split_bits, slot_cols, q, row_absmax, x_outliers,
+                      place.team, parity, team_maxima);
     parity ^= 1;
   }
 }
@@ -259,12 +268,12 @@ split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __res
   // One wave: every block has started, so the GEMM that reads this launch's output may start its
   // prologue on the SMs that are idle or done.
   let_next_grid_launch();
-  const int team_threads = s.team_warps * kWarpSize, team = threadIdx.x / team_threads;
-  const int64_t held_row = blockIdx.x * int64_t(kSplitWarps / s.team_warps) + team;
+  const TeamPlace place = team_place(s.team_warps);
+  const int64_t held_row = blockIdx.x * int64_t(place.teams) + place.team;
   const bool holds_row = kRowsHeld && held_row < s.rows;
   const T* x_held_row = x + (holds_row ? held_row : 0) * s.cols;
   // The team's row, loaded only where rows are held (the column scan reads x twice instead).
-  CachedRow<T, kWidth, kTeamCachedVectors> held(x_held_row, s.cols, threadIdx.x % team_threads, team_threads);
+  CachedRow<T, kWidth, kTeamCachedVectors> held(x_held_row, s.cols, place.lane, place.threads);
   if constexpr (kRowsHeld) {
     if (holds_row) held.load();
     scan_held_rows<T, kWidth>(held, holds_row, s, split_bits, partial_words);
@@ -278,8 +287,8 @@ split_and_quantize_kernel(const T* __restrict__ x, SplitShape s, uint32_t* __res
       [&](int64_t slot) { return slot < split ? slot_cols[slot] : -1; }, weight, s.cols, weight_scale, w_cols);
   if constexpr (kRowsHeld) {
     if (holds_row) {
-      quantize_team_row(held, x_held_row, held_row, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team,
-                        /*parity=*/0, team_maxima);
+      quantize_team_row(held, x_held_row, held_row, s, split, split_bits, slot_cols, q, row_absmax, x_outliers,
+                        place.team, /*parity=*/0, team_maxima);
     }
   } else {
     quantize_rows_in_teams<T, kWidth>(x, s, split, split_bits, slot_cols, q, row_absmax, x_outliers, team_maxima);
@@ -334,7 +343,8 @@ void launch_split_and_quantize(const at::Tensor& x, float threshold, const at::T
   } else {
     plan_column_scan(s, groups, words, resident);
   }
-  const int64_t scan_blocks = rows_held ? row_blocks : s.column_blocks * s.row_chunks;
+  // Held rows scan in the row blocks themselves.
+  const int64_t scan_blocks = rows_held ? 0 : s.column_blocks * s.row_chunks;
   const int64_t wanted = std::max({scan_blocks, row_blocks,
                                    blocks_for(s.outliers.stored_slots() * s.outliers.n_dim, kSplitThreads)});
   const int grid = static_cast<int>(std::min(resident, wanted));

@@ -18,7 +18,7 @@ _ops = torch.ops.llmint8
 # SMALL_PRODUCT_MACS. It is faster there than the decomposition, and more accurate.
 SMALL_BATCH_ROWS = 16
 TENSOR_CORE_WEIGHT_ONLY_ROWS = 128
-SMALL_PRODUCT_ROWS = 1024
+SMALL_PRODUCT_ROWS = 2048
 SMALL_PRODUCT_MACS = 2**33
 
 # Default number of outlier columns split out per call. LLM.int8 models show a handful (the
