@@ -101,6 +101,12 @@ void check_int8_weight_operands(const at::Tensor& x, const at::Tensor& weight_in
   }
 }
 
+void check_int8_linear_arguments(const at::Tensor& x, const at::Tensor& weight_int8, const at::Tensor& weight_absmax,
+                                 const std::optional<at::Tensor>& bias, double threshold, int64_t capacity) {
+  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
+  check_outlier_arguments(threshold, capacity);
+}
+
 int64_t leading_rows(const at::Tensor& t) {
   int64_t rows = 1;
   for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);

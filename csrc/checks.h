@@ -21,6 +21,9 @@ void check_dequant_operands(const at::Tensor& acc, const at::Tensor& row_absmax,
 void check_int8_weight_operands(const at::Tensor& x, const at::Tensor& weight_int8,
                                 const at::Tensor& weight_absmax,
                                 const std::optional<at::Tensor>& bias);
+// check_int8_weight_operands and check_outlier_arguments: the int8_linear and llm_int8_linear ops.
+void check_int8_linear_arguments(const at::Tensor& x, const at::Tensor& weight_int8, const at::Tensor& weight_absmax,
+                                 const std::optional<at::Tensor>& bias, double threshold, int64_t capacity);
 
 // Rows of a [*, K] tensor viewed as 2D: the product of the leading dimensions.
 int64_t leading_rows(const at::Tensor& t);

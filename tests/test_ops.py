@@ -490,6 +490,19 @@ def test_forward_takes_the_decomposition_when_asked_or_past_every_weight_only_ke
     torch.testing.assert_close(out, ops.int8_linear(x, w_int8, w_absmax, bias, THRESHOLD), rtol=0, atol=0)
 
 
+# Whichever path the rows take (1: the int8-weight path everywhere; 40: Hopper's tensor-core
+# kernel, else the decomposition; 2100: the decomposition), a bad threshold or capacity is refused.
+@pytest.mark.parametrize("rows", [1, 40, ops.SMALL_PRODUCT_ROWS + 52])
+@pytest.mark.parametrize("exact_decomposition", [False, True])
+def test_forward_refuses_a_bad_threshold_or_capacity_on_every_path(rows, exact_decomposition, device):
+    x = random_activations((rows, 64), torch.float16, device)
+    w_int8, w_absmax = ops.quantize_colwise(torch.randn(8, 64, device=device))
+    with pytest.raises(RuntimeError, match="threshold must be a finite number >= 0"):
+        ops.llm_int8_linear(x, w_int8, w_absmax, None, -1.0, exact_decomposition=exact_decomposition)
+    with pytest.raises(RuntimeError, match="capacity must be >= 0"):
+        ops.llm_int8_linear(x, w_int8, w_absmax, None, THRESHOLD, -3, exact_decomposition=exact_decomposition)
+
+
 # 100 rows: within Hopper's 128; 600: past it, within SMALL_PRODUCT_ROWS with a small product.
 @pytest.mark.parametrize("shape", [(100, 256), (4, 25, 256), (600, 256)])
 def test_forward_between_the_row_limits_depends_on_the_device(shape, device):

@@ -133,8 +133,7 @@ at::Tensor dequant_outer_cpu(const at::Tensor& acc, const at::Tensor& row_absmax
 at::Tensor int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight_int8,
                            const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
                            double threshold, int64_t capacity) {
-  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
-  check_outlier_arguments(threshold, capacity);
+  check_int8_linear_arguments(x, weight_int8, weight_absmax, bias, threshold, capacity);
   if (threshold == 0.0 || capacity == 0) {
     const auto quantized = quantize_rows_cpu(x, at::Tensor());
     const auto acc = int8_matmul_cpu(std::get<0>(quantized), weight_int8);
@@ -162,6 +161,8 @@ at::Tensor int8_weight_linear_cpu(const at::Tensor& x, const at::Tensor& weight_
 at::Tensor llm_int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight_int8,
                                const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
                                double threshold, int64_t capacity, bool exact_decomposition) {
+  // Checked on every path, as on CUDA: a bad argument must not pass only with small batches.
+  check_outlier_arguments(threshold, capacity);
   if (!exact_decomposition && is_small_batch(x)) {
     return int8_weight_linear_cpu(x, weight_int8, weight_absmax, bias);
   }

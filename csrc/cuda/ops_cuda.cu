@@ -555,11 +555,9 @@ void int8_gemm_with_outliers_sm90(const QuantizedActivations& a, const at::Tenso
                         bias, outliers, out2d);
 }
 
-at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
-                            const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
-                            double threshold, int64_t capacity) {
-  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
-  check_outlier_arguments(threshold, capacity);
+// The int8_linear op on operands and arguments already checked (check_int8_linear_arguments).
+at::Tensor int8_linear_checked(const at::Tensor& x, const at::Tensor& weight_int8, const at::Tensor& weight_absmax,
+                               const std::optional<at::Tensor>& bias, double threshold, int64_t capacity) {
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty(with_last_dim(x, weight_int8.size(0)), x.options());
   if (out.numel() == 0) return out;
@@ -584,14 +582,20 @@ at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
   return out;
 }
 
+at::Tensor int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
+                            const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
+                            double threshold, int64_t capacity) {
+  check_int8_linear_arguments(x, weight_int8, weight_absmax, bias, threshold, capacity);
+  return int8_linear_checked(x, weight_int8, weight_absmax, bias, threshold, capacity);
+}
+
 // Up to one 16-row tile the streaming kernel (int8_weight_linear.cu) reads the weight fastest;
-// above, Hopper's CUTLASS kernel multiplies each weight tile it loads with up to 128 rows.
+// above, Hopper's CUTLASS kernel multiplies each weight tile it loads with up to 256 rows.
 constexpr int64_t kStreamingKernelMaxRows = 16;
 
-at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
-                                   const at::Tensor& weight_absmax,
-                                   const std::optional<at::Tensor>& bias) {
-  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
+// The int8_weight_linear op on operands already checked (check_int8_weight_operands).
+at::Tensor int8_weight_linear_checked(const at::Tensor& x, const at::Tensor& weight_int8,
+                                      const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto x2d = x.contiguous().view({leading_rows(x), x.size(-1)});
   const auto weight = weight_int8.contiguous();
@@ -610,6 +614,12 @@ at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight
   return int8_weight_linear_cuda_kernel(x2d, weight, weight_scale, contiguous_bias(bias), out);
 }
 
+at::Tensor int8_weight_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
+                                   const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias) {
+  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
+  return int8_weight_linear_checked(x, weight_int8, weight_absmax, bias);
+}
+
 // forward_rule.h: past kSmallBatchRows, only where the Hopper tensor-core kernel takes x and the
 // weight as they are.
 bool takes_int8_weight_path(const at::Tensor& x, const at::Tensor& weight_int8) {
@@ -622,11 +632,13 @@ bool takes_int8_weight_path(const at::Tensor& x, const at::Tensor& weight_int8) 
 at::Tensor llm_int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight_int8,
                                 const at::Tensor& weight_absmax, const std::optional<at::Tensor>& bias,
                                 double threshold, int64_t capacity, bool exact_decomposition) {
-  check_int8_weight_operands(x, weight_int8, weight_absmax, bias);
+  // Threshold and capacity are checked even where the int8-weight path ignores them: whether it
+  // runs depends on the batch, and a bad argument must not pass only with small ones.
+  check_int8_linear_arguments(x, weight_int8, weight_absmax, bias, threshold, capacity);
   if (!exact_decomposition && takes_int8_weight_path(x, weight_int8)) {
-    return int8_weight_linear_cuda(x, weight_int8, weight_absmax, bias);
+    return int8_weight_linear_checked(x, weight_int8, weight_absmax, bias);
   }
-  return int8_linear_cuda(x, weight_int8, weight_absmax, bias, threshold, capacity);
+  return int8_linear_checked(x, weight_int8, weight_absmax, bias, threshold, capacity);
 }
 
 }  // namespace

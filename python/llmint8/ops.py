@@ -5,6 +5,7 @@ nn or hf layers.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -156,9 +157,16 @@ def llm_int8_linear(
                                 bool(exact_decomposition))
 
 
+def _check_outlier_arguments_fake(threshold, capacity):
+    """csrc/checks.cpp's check_outlier_arguments, for the fake kernels."""
+    torch._check(math.isfinite(threshold) and threshold >= 0,
+                 lambda: f"threshold must be a finite number >= 0 (0 disables outliers), got {threshold}")
+    torch._check(capacity >= 0, lambda: f"capacity must be >= 0, got {capacity}")
+
+
 @torch.library.register_fake("llmint8::outlier_split")
 def _outlier_split_fake(x, threshold, capacity):
-    torch._check(capacity >= 0, lambda: f"capacity must be >= 0, got {capacity}")
+    _check_outlier_arguments_fake(threshold, capacity)
     cols = x.new_empty((capacity,), dtype=torch.int32)
     count = x.new_empty((), dtype=torch.int32)
     return cols, count, x.new_empty((*x.shape[:-1], capacity))
@@ -204,6 +212,7 @@ def _llm_int8_linear_fake(x, weight_int8, weight_absmax, bias, threshold, capaci
 
 @torch.library.register_fake("llmint8::int8_linear")
 def _int8_linear_fake(x, weight_int8, weight_absmax, bias, threshold, capacity):
+    _check_outlier_arguments_fake(threshold, capacity)
     torch._check(
         x.shape[-1] == weight_int8.shape[1],
         lambda: f"x's last dimension (K = {x.shape[-1]}) must equal weight_int8's second dimension",
