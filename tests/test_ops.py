@@ -374,7 +374,7 @@ def check_int8_weight_linear_against_float64(m, k, n, dtype, device):
     out = ops.int8_weight_linear(x, w_int8, w_absmax, bias)
     weight64 = w_int8.double() * w_absmax.double()[:, None] / 127.0
     expected = x.double() @ weight64.T + bias.double()
-    assert out.dtype == dtype and out.shape == (m, n)
+    assert out.dtype == dtype and out.shape == (m, n) and out.is_contiguous()
     # Only accumulation order and the output rounding differ from the float64 product.
     tolerance = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance * expected.abs().max().item() if m else 0)
