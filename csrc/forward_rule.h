@@ -23,10 +23,12 @@ constexpr int64_t kTensorCoreWeightOnlyRows = 128;
 
 // Past that, up to kSmallProductRows rows, the same kernel still wins where the layer's product
 // is small: there the decomposition's fixed cost (its split launch, ~10 us with the grid barrier)
-// outweighs what 16-bit tensor cores lose to int8 ones. H100, graph time, threshold 6: with 256-row
-// tiles past one wave, the int8-weight kernel won at every M * N * K <= 2^33 measured (M = 256 to
-// 2048 on eight layer shapes; 1024->4096 at M = 2048: 33.3 against 37.0 us), tied or won narrowly
-// at 2^34, and lost at 2^35 (benchmarks/NOTES.md v13, v14). Past 2048 rows it is unmeasured.
+// outweighs what 16-bit tensor cores lose to int8 ones. H100, graph time, threshold 6: the
+// int8-weight kernel won at every M * N * K <= 2^33 measured (M = 256 to 1024 on eight layer
+// shapes; with 256-row tiles past one wave also M = 2048, e.g. 1024->4096: 33.3 against 37.0 us);
+// at 2^34 the two traded a few percent either way (1024->8192 at M = 2048: 59.2 against 55.3 us),
+// and at 2^35 the decomposition won everywhere (benchmarks/NOTES.md v13, v14). Past 2048 rows it
+// is unmeasured.
 constexpr int64_t kSmallProductRows = 2048;
 constexpr int64_t kSmallProductMacs = int64_t(1) << 33;
 
