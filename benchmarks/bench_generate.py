@@ -76,7 +76,10 @@ def decode_step_fn(model, config, prompt: torch.Tensor, token: torch.Tensor):
     """A batch-1 decode step over a static KV cache holding a 2048-token prefill.
 
     The step gets a ready 4D attention mask and explicit positions, so Hugging Face builds no mask
-    from data on the host and the whole step can be captured in a CUDA graph.
+    from data on the host and the whole step can be captured in a CUDA graph. Transformers' static
+    cache moves on one slot per call, replays included, and has CACHE_LEN - PREFILL_TOKENS slots
+    left: each measurement takes a fresh step. The mask keeps every call attending to the same
+    PREFILL_TOKENS + 1 positions.
     """
     cache = StaticCache(config=config, max_cache_len=CACHE_LEN)
     with torch.no_grad():
@@ -100,13 +103,15 @@ def measure(name: str, model, config, prompt: torch.Tensor, token: torch.Tensor)
         with torch.no_grad():
             return model(prompt, use_cache=False).logits
 
-    step = decode_step_fn(model, config, prompt, token)
+    def fresh_step():
+        return decode_step_fn(model, config, prompt, token)
+
     row = {"method": name, "memory_bytes": llmint8.model_memory_bytes(model),
            "prefill_ms": median_ms(prefill), "prefill_kernel_ms": kernel_ms(prefill),
-           "decode_kernel_ms": kernel_ms(step), "decode_eager_ms": median_ms(step)}
+           "decode_kernel_ms": kernel_ms(fresh_step()), "decode_eager_ms": median_ms(fresh_step())}
     try:
-        row["decode_graph_ms"] = graph_median_ms(step)
-        row["decode_linear_graph_ms"] = linear_layers_graph_ms(model, step)
+        row["decode_graph_ms"] = graph_median_ms(fresh_step())
+        row["decode_linear_graph_ms"] = linear_layers_graph_ms(model, fresh_step())
         # The eager prefill's wall time includes the host's enqueueing, which on a slow host is
         # longer than the GPU's work (benchmarks/NOTES.md v13): replayed, it is the GPU's alone.
         row["prefill_graph_ms"] = graph_median_ms(prefill)

@@ -202,13 +202,29 @@ __device__ __forceinline__ void multiply_step(const Problem<T>& p, int64_t m_bas
   }
 }
 
+// The scale and bias of the one output column a thread writes in store_block (its threads step
+// by a multiple of kBlockCols). Read before the main loop, they arrive with the weights; read in
+// store_block, they cost every block one more memory round trip after its last multiply.
+struct ColumnEpilogue {
+  float scale = 0.0f, bias = 0.0f;
+};
+
+template <typename T>
+__device__ __forceinline__ ColumnEpilogue column_epilogue(const Problem<T>& p, int64_t n_base) {
+  const int64_t n = n_base + threadIdx.x % kBlockCols;
+  if (p.partials || n >= p.n_dim) return {};  // split K: finish_split_k_kernel applies them
+  return {p.w_absmax[n] / kInt8Max, p.bias[n]};
+}
+
 // The block's warps (one per K slice) add their sums in shared memory, reduced[warp][row][col],
 // in a fixed order. With one K split the block applies scale and bias and writes the output; with
 // several, it writes fp32 partials that finish_split_k_kernel adds in a fixed order
 // (deterministic, unlike float atomics).
 template <typename C, typename T>
 __device__ __forceinline__ void store_block(const Problem<T>& p, int64_t n_base, int64_t m_base,
-                                            const float (&acc)[kTiles][4], float* reduced) {
+                                            const float (&acc)[kTiles][4], ColumnEpilogue column,
+                                            float* reduced) {
+  static_assert(C::kThreads % kBlockCols == 0, "a thread writes one output column");
   const int group = lane_group();
   float* mine = reduced + threadIdx.x / kWarpSize * kTileRows * kBlockCols;
 #pragma unroll
@@ -229,8 +245,7 @@ __device__ __forceinline__ void store_block(const Problem<T>& p, int64_t n_base,
     if (p.partials) {
       p.partials[(blockIdx.y * p.rows + m) * p.n_dim + n] = sum;
     } else {
-      p.out[m * p.n_dim + n] =
-          static_cast<T>(sum * (p.w_absmax[n] / kInt8Max) + p.bias[n]);
+      p.out[m * p.n_dim + n] = static_cast<T>(sum * column.scale + column.bias);
     }
   }
 }
@@ -264,6 +279,7 @@ int8_weight_linear_kernel(const Problem<T> p) {
   // The weight depends on no earlier kernel, so its first stages load in the previous kernel's
   // tail; x is read only after the wait.
   wait_for_previous_grid();
+  const ColumnEpilogue column = column_epilogue(p, n_base);
   for (int64_t k_turn = k_first; k_turn < k_end; k_turn += kStages * kStride) {
 #pragma unroll
     for (int s = 0; s < kStages; ++s) {
@@ -274,7 +290,7 @@ int8_weight_linear_kernel(const Problem<T> p) {
       if (k < k_end) multiply_step(p, m_base, k, ring[s], acc);
     }
   }
-  store_block<C>(p, n_base, m_base, acc, reduced);
+  store_block<C>(p, n_base, m_base, acc, column, reduced);
 }
 
 template <typename T>
