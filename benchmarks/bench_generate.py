@@ -49,12 +49,8 @@ def kernel_ms(fn) -> float:
     return sum(e.device_time_total for e in prof.key_averages()) / 1e3
 
 
-def linear_layers_graph_ms(model, step) -> float:
-    """CUDA-graph time of the step's linear layers alone (lm_head included), each called on the
-    input it saw in one step: the only part of the step that int8 changes. Back to back, each
-    small-batch int8 kernel starts in the previous one's tail (programmatic dependent launch),
-    which inside the step happens only where two int8 layers are adjacent (OPT: k_proj, v_proj),
-    so the int8 sum here is below the layers' share of the step."""
+def recorded_linear_calls(model, step) -> list:
+    """(module, a copy of its input) for every nn.Linear call of one step, in call order."""
     calls = []
     hooks = [m.register_forward_hook(lambda module, args, output: calls.append((module, args[0].clone())))
              for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -63,6 +59,16 @@ def linear_layers_graph_ms(model, step) -> float:
     finally:
         for hook in hooks:
             hook.remove()
+    return calls
+
+
+def linear_layers_graph_ms(model, step) -> float:
+    """CUDA-graph time of the step's linear layers alone (lm_head included), each called on the
+    input it saw in one step: the only part of the step that int8 changes. Back to back, each
+    small-batch int8 kernel starts in the previous one's tail (programmatic dependent launch),
+    which inside the step happens only where two int8 layers are adjacent (OPT: k_proj, v_proj),
+    so the int8 sum here is below the layers' share of the step."""
+    calls = recorded_linear_calls(model, step)
 
     def linear_layers():
         with torch.no_grad():
