@@ -139,19 +139,31 @@ def print_linear_share(fp16: dict, int8: dict) -> None:
           f"with linear layers at 2x the step would be {fp16['decode_graph_ms'] / (rest + fp16['decode_linear_graph_ms'] / 2):.2f}x")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def parse_arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--layers", type=int, default=32)
-    args = parser.parse_args()
-    fp16 = random_fp16_model(args.layers)
-    config = fp16.config
+    return parser.parse_args()
+
+
+def fp16_and_int8_models(layers: int):
+    """The fp16 model, its int8 copy (threshold 6), a prompt and a next token.
+
+    The inputs are drawn before anything is captured: the CUDA generator cannot be used afterwards
+    if a capture fails midway.
+    """
+    fp16 = random_fp16_model(layers)
     int8 = copy.deepcopy(fp16)
     llmint8.replace_8bit_linear(int8, threshold=6.0)
-    # Inputs are drawn before anything is captured: the CUDA generator cannot be used afterwards
-    # if a capture fails midway.
-    prompt = torch.randint(0, config.vocab_size, (1, PREFILL_TOKENS), device=DEVICE)
-    token = torch.randint(0, config.vocab_size, (1, 1), device=DEVICE)
+    prompt = torch.randint(0, fp16.config.vocab_size, (1, PREFILL_TOKENS), device=DEVICE)
+    token = torch.randint(0, fp16.config.vocab_size, (1, 1), device=DEVICE)
+    return fp16, int8, prompt, token
+
+
+def main() -> None:
+    args = parse_arguments(__doc__)
+    fp16, int8, prompt, token = fp16_and_int8_models(args.layers)
+    config = fp16.config
     rows = [measure("fp16", fp16, config, prompt, token), measure("llmint8 t6", int8, config, prompt, token)]
     del fp16
     print("json:", save_results("bench_generate", rows, args.out))

@@ -9,17 +9,13 @@ int8 weight once, one launch per layer, could make it.
 """
 from __future__ import annotations
 
-import argparse
-import copy
-from pathlib import Path
-
 import torch
 import triton
 import triton.language as tl
 
 import llmint8
 
-from bench_generate import (DEVICE, PREFILL_TOKENS, decode_step_fn, linear_layers_graph_ms, random_fp16_model,
+from bench_generate import (decode_step_fn, fp16_and_int8_models, linear_layers_graph_ms, parse_arguments,
                             recorded_linear_calls)
 from common import graph_median_ms, save_results
 
@@ -60,19 +56,11 @@ def weight_words(module) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--layers", type=int, default=32)
-    args = parser.parse_args()
-    fp16 = random_fp16_model(args.layers)
-    config = fp16.config
-    int8 = copy.deepcopy(fp16)
-    llmint8.replace_8bit_linear(int8, threshold=6.0)
-    prompt = torch.randint(0, config.vocab_size, (1, PREFILL_TOKENS), device=DEVICE)
-    token = torch.randint(0, config.vocab_size, (1, 1), device=DEVICE)
+    args = parse_arguments(__doc__)
+    fp16, int8, prompt, token = fp16_and_int8_models(args.layers)
 
     def fresh_step(model):  # the static cache moves on one slot per call (bench_generate.py)
-        return decode_step_fn(model, config, prompt, token)
+        return decode_step_fn(model, model.config, prompt, token)
 
     fp16_step_ms = graph_median_ms(fresh_step(fp16))
     fp16_linear_ms = linear_layers_graph_ms(fp16, fresh_step(fp16))
