@@ -53,7 +53,8 @@ compute-sanitizer --tool memcheck --error-exitcode 99 python3 -m pytest -q -x te
 summary "memcheck tests/test_ops.py (M<=17, K,N<=172)" "rc=$? in $((SECONDS - start)) s: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1) $(grep -E 'passed|failed' "$OUT/memcheck.log" | tail -1)"
 
 # BENCHMARKS="ops linear" (the default) runs benchmarks/bench_ops.py and bench_linear.py; add
-# "generate" for the OPT-6.7B-shaped end-to-end run.
+# "generate" for the OPT-6.7B-shaped end-to-end run, "decode_ceiling" for its decode step with
+# every int8 layer stood in for by a kernel that only reads the weight (needs Triton).
 for bench in ${BENCHMARKS-ops linear}; do
   start=$SECONDS
   (cd benchmarks && python3 "bench_$bench.py" --out "$OUT") >"$OUT/bench_$bench.log" 2>&1

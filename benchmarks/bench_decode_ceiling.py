@@ -1,6 +1,6 @@
 """The decode step's ceiling with one kernel per linear layer (benchmarks/NOTES.md v15).
 
-Run on a CUDA machine with Triton: python benchmarks/decode_ceiling.py [--out DIR] [--layers 32]
+Run on a CUDA machine with Triton: python benchmarks/bench_decode_ceiling.py [--out DIR] [--layers 32]
 Every int8 layer of bench_generate.py's OPT-6.7B-shaped decode step is stood in for by the fastest
 of a few Triton kernels that only stream the same weight bytes (evict-first loads, an XOR, no
 math), and those calls are timed in a row from a CUDA graph, as bench_generate.py times the linear
@@ -96,7 +96,7 @@ def main() -> None:
     summary = {"fp16_step_graph_ms": fp16_step_ms, "fp16_linear_graph_ms": fp16_linear_ms,
                "int8_step_graph_ms": int8_step_ms, "int8_linear_graph_ms": int8_linear_ms,
                "int8_read_only_graph_ms": read_chain_ms, "ceiling_step_ms": ceiling_ms}
-    print("json:", save_results("decode_ceiling", rows + [summary], args.out))
+    print("json:", save_results("bench_decode_ceiling", rows + [summary], args.out))
 
     print(f"\nOPT-6.7B-shaped ({args.layers} layers), decode step at batch 1, on {torch.cuda.get_device_name()}")
     print(f"{'layer':>12}{'int8 layer us':>15}{'read only us':>14}{'read only TB/s':>16}")
